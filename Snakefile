@@ -1,0 +1,19 @@
+# l3m-bench: the whole DAG. `snakemake --cores all` runs the embedded default (config/config.yaml);
+# `snakemake --cores all --configfile config/smollm2.yaml` a named config; see README.md.
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        TABLE,
+        expand(FIG + "/{fig}.{ext}", fig=["fig1_barrier", "metrics"], ext=["png", "pdf"]),
+        OUT + "/data/task_card.json",
+        OUT + "/data/preferences_card.json",

@@ -1,0 +1,1 @@
+"""Evaluation of l3m-bench models: task perplexity, response lengths, rewards, tables, figures."""

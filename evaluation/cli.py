@@ -1,0 +1,137 @@
+"""Command line of the evaluation side; every Snakemake rule calls one subcommand.
+
+    python -m evaluation.cli perplexity --config CFG --model DIR --data DIR --out JSON
+    python -m evaluation.cli lengths    --config CFG --samples JSONL --out JSON
+    python -m evaluation.cli reward     --config CFG --name R --samples JSONL --model DIR --out JSON
+    python -m evaluation.cli aggregate  --config CFG --metrics DIR --out CSV
+    python -m evaluation.cli figure1    --config CFG --out PNG
+    python -m evaluation.cli metrics-figure --config CFG --table CSV --samples-dir DIR --out PNG
+
+Every JSON holds the metric's summary, its per-example values where they exist, and the run
+record (config, seed, git revision, package versions, device).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cfg(path):
+    from methods.core.config import load_config
+
+    return load_config(path)
+
+
+def _model_name(path) -> str:
+    return Path(str(path)).name
+
+
+def cmd_perplexity(a):
+    from evaluation.perplexity import response_nll, summarize_nll
+    from methods.core.io import read_jsonl, write_json
+    from methods.core.models import load_model, set_threads
+    from methods.core.record import run_record
+
+    t0 = time.time()
+    cfg = _cfg(a.config)
+    set_threads(cfg["hardware"])
+    rows = read_jsonl(Path(a.data) / "test.jsonl")
+    model, tok = load_model(a.model, device=cfg["hardware"]["device"])
+    nll = response_nll(model, tok, rows, cfg["evaluation"]["batch_size"])
+    write_json(a.out, {"metric": "task_perplexity", "model": _model_name(a.model), "summary": summarize_nll(nll),
+                       "per_example": {r["id"]: v for r, v in zip(rows, nll)},
+                       "definition": "per example: mean NLL (nats/token) of the reference response given its "
+                                     "chat-formatted prompt; summary over the test split",
+                       "run": run_record(cfg, cfg["seed"], started=t0, model=str(a.model))})
+
+
+def cmd_lengths(a):
+    from evaluation.lengths import length_stats
+    from methods.core.io import read_jsonl, write_json
+    from methods.core.record import run_record
+
+    cfg = _cfg(a.config)
+    samples = read_jsonl(a.samples)
+    write_json(a.out, {"metric": "response_length", "model": Path(a.samples).stem, "unit": "tokens",
+                       "summary": length_stats(samples), "per_example": [s["n_tokens"] for s in samples],
+                       "run": run_record(cfg, cfg["seed"], samples=str(a.samples))})
+
+
+def cmd_reward(a):
+    from methods.core.io import read_jsonl, write_json
+    from methods.core.models import load_model
+    from methods.core.record import run_record
+    from methods.core.rewards import build_reward, summarize
+
+    t0 = time.time()
+    cfg = _cfg(a.config)
+    spec = cfg["rewards"][a.name]
+    tok = load_model(a.model)[1] if spec["type"] == "length" else None
+    reward = build_reward(a.name, spec, tokenizer=tok, device=cfg["hardware"]["device"])
+    samples = read_jsonl(a.samples)
+    scores = reward([s["prompt"] for s in samples], [s["response"] for s in samples])
+    write_json(a.out, {"metric": f"reward_{a.name}", "model": Path(a.samples).stem, "reward": spec,
+                       "unit": reward.unit, "summary": summarize(scores), "per_example": scores.tolist(),
+                       "run": run_record(cfg, cfg["seed"], started=t0, samples=str(a.samples))})
+
+
+def cmd_aggregate(a):
+    from evaluation.tables import aggregate
+    from methods.core.io import atomic_path
+
+    cfg = _cfg(a.config)
+    df = aggregate(a.metrics, cfg["evaluation"]["models"], cfg["evaluation"]["rewards"])
+    with atomic_path(a.out) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    print(df.to_string(index=False))
+
+
+def cmd_figure1(a):
+    from evaluation.figures import figure1_barrier
+
+    figure1_barrier(_cfg(a.config)["figures"]["barrier_mus"], a.out)
+
+
+def cmd_metrics_figure(a):
+    import pandas as pd
+
+    from evaluation.figures import metrics_figure
+    from methods.core.io import read_jsonl
+
+    cfg = _cfg(a.config)
+    table = pd.read_csv(a.table)
+    lengths = {m: [s["n_tokens"] for s in read_jsonl(Path(a.samples_dir) / f"{m}.jsonl")]
+               for m in cfg["evaluation"]["models"]}
+    cols = ["model", "nll_mean", "nll_std", "perplexity", "len_mean", "len_median", "frac_finished"]
+    metrics_figure(table[[c for c in cols if c in table]], lengths, a.out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="evaluation.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn, args in [
+        ("perplexity", cmd_perplexity, ["model", "data", "out"]),
+        ("lengths", cmd_lengths, ["samples", "out"]),
+        ("reward", cmd_reward, ["name", "samples", "model", "out"]),
+        ("aggregate", cmd_aggregate, ["metrics", "out"]),
+        ("figure1", cmd_figure1, ["out"]),
+        ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "out"]),
+    ]:
+        sp = sub.add_parser(name)
+        sp.add_argument("--config", required=True)
+        for x in args:
+            sp.add_argument(f"--{x}", required=True)
+        sp.set_defaults(fn=fn)
+    a = p.parse_args(argv)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

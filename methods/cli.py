@@ -1,0 +1,126 @@
+"""Command line of the training side; every Snakemake rule calls one subcommand.
+
+    python -m methods.cli data        --config CFG --out DIR --card JSON
+    python -m methods.cli preferences --config CFG --out DIR --card JSON
+    python -m methods.cli base        --config CFG --data DIR --out DIR
+    python -m methods.cli train       --config CFG --method NAME --init DIR --data DIR --out DIR
+    python -m methods.cli generate    --config CFG --model DIR --data DIR --out JSONL
+
+CFG is a YAML/JSON config; it is validated (with defaults filled in) before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cfg(path):
+    from methods.core.config import load_config
+
+    return load_config(path)
+
+
+def cmd_data(a):
+    from methods.core.data import build_task_splits
+
+    card = build_task_splits(_cfg(a.config)["data"], a.out)
+    _copy(Path(a.out) / "data_card.json", a.card)
+    print(card["counts"])
+
+
+def cmd_preferences(a):
+    from methods.core.data import build_preferences
+
+    card = build_preferences(_cfg(a.config)["preferences"], a.out)
+    _copy(Path(a.out) / "data_card.json", a.card)
+    print(card["counts"])
+
+
+def cmd_base(a):
+    from methods.core import models
+    from methods.core.data import pretraining_texts
+
+    cfg = _cfg(a.config)
+    models.set_threads(cfg["hardware"])
+    src = cfg["base_model"]["source"]
+    if src == "pretrain":
+        texts = pretraining_texts(cfg["data"], a.data)
+        info = models.pretrain_base(cfg["base_model"], texts, a.out, cfg["hardware"], cfg["seed"])
+    elif src == "gguf":
+        info = models.gguf_base(cfg["base_model"], a.out)
+    else:
+        info = models.hf_base(cfg["base_model"], a.out)
+    print(info)
+
+
+def cmd_train(a):
+    from methods import registry
+    from methods.core.models import set_threads
+
+    cfg = _cfg(a.config)
+    set_threads(cfg["hardware"])
+    rec = registry.get(a.method).load().train(cfg, a.init, a.out, a.data)
+    print(f"{a.method}: {rec.get('steps')} steps in {rec.get('wall_clock_s')} s")
+
+
+def cmd_generate(a):
+    from methods.core.generation import sample
+    from methods.core.io import read_jsonl, write_jsonl, write_json
+    from methods.core.models import load_model, set_threads
+    from methods.core.record import run_record
+
+    t0 = time.time()
+    cfg = _cfg(a.config)
+    set_threads(cfg["hardware"])
+    rows = read_jsonl(Path(a.data) / "test.jsonl")
+    n = cfg["generation"]["n_prompts"]
+    rows = rows[:n] if n else rows
+    model, tok = load_model(a.model, device=cfg["hardware"]["device"])
+    samples = sample(model, tok, [r["prompt"] for r in rows], cfg["generation"], cfg["seed"])
+    write_jsonl(a.out, ({"id": r["id"], "prompt": r["prompt"], **s} for r, s in zip(rows, samples)))
+    rec = run_record(cfg, cfg["seed"], started=t0, model=str(a.model), generation=cfg["generation"],
+                     n_samples=len(samples))
+    write_json(str(a.out) + ".run.json", rec)
+
+
+def _copy(src, dst):
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="methods.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn, args in [
+        ("data", cmd_data, ["out", "card"]),
+        ("preferences", cmd_preferences, ["out", "card"]),
+        ("base", cmd_base, ["data", "out"]),
+        ("train", cmd_train, ["method", "init", "data", "out"]),
+        ("generate", cmd_generate, ["model", "data", "out"]),
+    ]:
+        sp = sub.add_parser(name)
+        sp.add_argument("--config", required=True)
+        for x in args:
+            sp.add_argument(f"--{x}", required=True)
+        sp.set_defaults(fn=fn)
+    a = p.parse_args(argv)
+    from methods.core.config import ConfigError
+
+    try:
+        a.fn(a)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

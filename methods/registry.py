@@ -1,0 +1,35 @@
+"""The one list of training methods. The DAG, the CLI and the tests read it, so adding a method is
+one module, one line here and its config section.
+
+Each entry: the module with ``train(cfg, init_dir, out_dir, data_dir, ...)`` and the model it
+starts from ("base": the initialisation model, "sft": the SFT model).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    module: str
+    init_from: str  # "base" or another method's name
+    description: str
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
+    ]
+}
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]

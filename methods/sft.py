@@ -1,0 +1,62 @@
+"""SFT: minimise the task NLL alone, from the initialisation model (TRL SFTTrainer).
+
+Conversational prompt-completion data, so TRL applies the chat template and the loss covers only
+the response tokens (completion_only_loss). Checkpoints go to ``<out>.work/`` and a rerun resumes
+from the last one; the final folder appears atomically with ``l3m_run.json`` (full config, seed,
+versions, log history) beside the weights.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from methods.core.data import to_conversational
+from methods.core.io import atomic_path, read_jsonl, write_json
+from methods.core.models import last_checkpoint, load_model, trainer_hardware
+from methods.core.record import run_record, seed_everything
+
+
+def sft_config(cfg: dict, work: Path, n_train: int):
+    from trl import SFTConfig
+
+    s = cfg["sft"]
+    return SFTConfig(
+        output_dir=str(work), num_train_epochs=s["epochs"], max_steps=s["max_steps"],
+        per_device_train_batch_size=s["batch_size"], gradient_accumulation_steps=s["grad_accum"],
+        per_device_eval_batch_size=cfg["evaluation"]["batch_size"],
+        learning_rate=s["lr"], lr_scheduler_type=s["scheduler"], warmup_steps=s["warmup"],
+        weight_decay=s["weight_decay"], max_grad_norm=1.0, max_length=s["max_length"],
+        completion_only_loss=True, packing=False, logging_steps=s["logging_steps"], logging_first_step=True,
+        save_steps=s["save_steps"], save_total_limit=1, eval_strategy="steps",
+        eval_steps=max(s["logging_steps"], s["save_steps"]), seed=cfg["seed"], data_seed=cfg["seed"],
+        report_to=[], **trainer_hardware(cfg["hardware"]),
+    )
+
+
+def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
+    import datasets
+    from trl import SFTTrainer
+
+    t0 = time.time()
+    seed_everything(cfg["seed"])
+    out_dir = Path(out_dir)
+    work = Path(str(out_dir) + ".work")
+    model, tok = load_model(init_dir, for_training=True)
+    train_rows = read_jsonl(Path(data_dir) / "train.jsonl")
+    val_rows = read_jsonl(Path(data_dir) / "val.jsonl")
+    train_ds = datasets.Dataset.from_list(to_conversational(train_rows))
+    val_ds = datasets.Dataset.from_list(to_conversational(val_rows))
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, work, len(train_rows)), train_dataset=train_ds,
+                         eval_dataset=val_ds, processing_class=tok)
+    resumed = last_checkpoint(work)
+    trainer.train(resume_from_checkpoint=resumed)
+    record = run_record(cfg, cfg["seed"], started=t0, method="sft", init=str(init_dir), resumed_from=resumed,
+                        steps=trainer.state.global_step, log_history=trainer.state.log_history)
+    with atomic_path(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "l3m_run.json", record)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return record

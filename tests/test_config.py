@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import yaml
+
+from methods.core.config import ConfigError, load_config, validate_config
+
+from .conftest import REPO
+
+
+def base():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def errors_of(cfg) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name", ["config", "micro", "smollm2", "paper"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(REPO / "config" / f"{name}.yaml")
+    assert cfg["name"] == name if name != "config" else cfg["name"] == "default"
+    assert cfg["figures"]["barrier_mus"] == [1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]  # default filled in
+
+
+def test_defaults_filled_without_touching_input():
+    raw = {"name": "x"}
+    cfg = validate_config(raw)
+    assert raw == {"name": "x"}
+    assert cfg["sft"]["lr"] == 0.001 and cfg["data"]["source"] == "chitchat"
+    assert cfg["base_model"]["pretrain"]["steps"] == 600
+
+
+def test_unknown_key_named():
+    cfg = base()
+    cfg["sft"]["learning_rate"] = 1e-4
+    msg = errors_of(cfg)
+    assert "config.sft" in msg and "learning_rate" in msg and "known keys" in msg
+
+
+def test_unknown_top_level_key():
+    cfg = base()
+    cfg["tranining"] = {}
+    assert "tranining" in errors_of(cfg)
+
+
+def test_wrong_type_named():
+    cfg = base()
+    cfg["sft"]["batch_size"] = "thirty-two"
+    msg = errors_of(cfg)
+    assert "config.sft.batch_size" in msg and "wrong type" in msg
+
+
+def test_impossible_values_named():
+    cfg = base()
+    cfg["data"]["n_test"] = 0
+    cfg["generation"]["top_p"] = 1.5
+    msg = errors_of(cfg)
+    assert "config.data.n_test" in msg and "config.generation.top_p" in msg  # all problems at once
+
+
+@pytest.mark.parametrize("band,needle", [([-5, 10], "negative"), ([30, 10], "lo 30 > hi 10")])
+def test_length_band_errors(band, needle):
+    cfg = base()
+    cfg["constraints"] = [{"reward": "length", "band": band}]
+    msg = errors_of(cfg)
+    assert "config.constraints[0].band" in msg and needle in msg
+
+
+def test_constraint_reward_must_exist():
+    cfg = base()
+    cfg["constraints"] = [{"reward": "helpful", "bound": 0.5}]
+    assert "config.constraints[0].reward" in errors_of(cfg)
+
+
+def test_missing_model_path(tmp_path):
+    cfg = base()
+    cfg["base_model"] = {"source": "hf", "hf": {"name_or_path": str(tmp_path / "nope")}}
+    msg = errors_of(cfg)
+    assert "config.base_model.hf.name_or_path" in msg and "does not exist" in msg
+    (tmp_path / "empty").mkdir()
+    cfg["base_model"]["hf"]["name_or_path"] = str(tmp_path / "empty")
+    assert "holds no config.json" in errors_of(cfg)
+    cfg["base_model"]["hf"]["name_or_path"] = "meta-llama/Llama-2-7b-hf"  # a hub id is left to the hub
+    validate_config(cfg)
+
+
+def test_hf_sources_need_a_path():
+    cfg = base()
+    cfg["data"]["source"] = "hf"
+    assert "config.data.hf.path" in errors_of(cfg)
+
+
+def test_unknown_model_and_reward_in_evaluation():
+    cfg = base()
+    cfg["evaluation"]["models"] = ["base", "sfft"]
+    cfg["evaluation"]["rewards"] = ["harmless"]
+    msg = errors_of(cfg)
+    assert "config.evaluation.models[1]" in msg and "config.evaluation.rewards[0]" in msg
+
+
+def test_not_a_mapping():
+    assert "expected a mapping" in errors_of(["name", "x"])
+
+
+def test_bf16_on_cpu_rejected():
+    cfg = copy.deepcopy(base())
+    cfg["hardware"]["bf16"] = True
+    assert "config.hardware.bf16" in errors_of(cfg)

@@ -1,0 +1,72 @@
+"""The real DAG, end to end, on the micro config in a temporary directory (about a minute)."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def run(args, cwd, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run(SNAKEMAKE + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dag")
+    p = run(["--cores", "2", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(work)], cwd=work)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return work
+
+
+def test_dag_outputs_exist_and_are_sane(micro_run):
+    out = micro_run / "results" / "micro"
+    for fig in ("fig1_barrier", "metrics"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 5000
+    rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
+    assert [r["model"] for r in rows] == ["base", "sft"]
+    for r in rows:
+        nll, ppl = float(r["nll_mean"]), float(r["perplexity"])
+        assert 0 < nll < 20 and math.isclose(ppl, math.exp(nll), rel_tol=1e-4)
+        assert 0 <= float(r["len_mean"]) <= 12 and math.isfinite(float(r["length_mean"]))
+    for model in ("base", "sft"):
+        rec = json.loads((out / "metrics" / model / "perplexity.json").read_text())
+        assert rec["run"]["seed"] == 7 and rec["run"]["config"]["name"] == "micro"
+        assert rec["run"]["packages"]["trl"] == "1.16.0" and rec["run"]["git_revision"]
+        assert len(rec["per_example"]) == 16
+        samples = [json.loads(x) for x in open(out / "samples" / f"{model}.jsonl")]
+        assert len(samples) == 16 and all(s["n_tokens"] <= 12 for s in samples)
+    run_json = json.loads((micro_run / "resources" / "micro" / "models" / "sft" / "l3m_run.json").read_text())
+    assert run_json["steps"] == 6 and run_json["config"]["sft"]["max_steps"] == 6
+    assert (micro_run / "logs" / "micro" / "train_sft.log").exists()
+    assert not list((micro_run / "resources" / "micro" / "models").glob("*.work"))  # checkpoints cleaned up
+
+
+def test_rerun_is_a_no_op(micro_run):
+    p = run(["--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(micro_run),
+             "-n"], cwd=micro_run)
+    assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr
+
+
+def test_report_has_the_figures(micro_run):
+    p = run(["--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(micro_run),
+             "--report", str(micro_run / "report.html")], cwd=micro_run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (micro_run / "report.html").stat().st_size > 10000
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "config" / "micro.yaml").read_text() + "constraints:\n  - {reward: length, band: [30, 10]}\n")
+    p = run(["--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path)], cwd=tmp_path)
+    assert p.returncode != 0
+    assert "config.constraints[0].band" in p.stdout + p.stderr
+    assert not (tmp_path / "resources" / "micro" / "data").exists()

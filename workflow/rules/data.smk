@@ -1,0 +1,34 @@
+# Task data (prompt -> response splits) and preference pairs.
+
+
+rule task_data:
+    output:
+        train=f"{RES}/data/task/train.jsonl",
+        val=f"{RES}/data/task/val.jsonl",
+        test=f"{RES}/data/task/test.jsonl",
+        card=f"{OUT}/data/task_card.json",
+    params:
+        fp=fingerprint("data"),
+        out=f"{RES}/data/task",
+    log:
+        f"{LOG}/task_data.log",
+    benchmark:
+        f"{BENCH}/task_data.tsv"
+    shell:
+        "{ENV} {PY} -m methods.cli data --config {CONFIG_FILE} --out {params.out} --card {output.card} > {log} 2>&1"
+
+
+rule preference_data:
+    output:
+        train=f"{RES}/data/preferences/train.jsonl",
+        test=f"{RES}/data/preferences/test.jsonl",
+        card=f"{OUT}/data/preferences_card.json",
+    params:
+        fp=fingerprint("preferences"),
+        out=f"{RES}/data/preferences",
+    log:
+        f"{LOG}/preference_data.log",
+    benchmark:
+        f"{BENCH}/preference_data.tsv"
+    shell:
+        "{ENV} {PY} -m methods.cli preferences --config {CONFIG_FILE} --out {params.out} --card {output.card} > {log} 2>&1"
