@@ -109,7 +109,7 @@ def cmd_metrics_figure(a):
     lengths = {m: [s["n_tokens"] for s in read_jsonl(Path(a.samples_dir) / f"{m}.jsonl")]
                for m in cfg["evaluation"]["models"]}
     cols = ["model", "nll_mean", "nll_std", "perplexity", "len_mean", "len_median", "frac_finished"]
-    metrics_figure(table[[c for c in cols if c in table]], lengths, a.out)
+    metrics_figure(table[[c for c in cols if c in table]], lengths, a.out, cfg["generation"]["max_new_tokens"])
 
 
 def main(argv=None):

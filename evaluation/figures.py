@@ -40,13 +40,14 @@ def figure1_barrier(mus: list[float], png: str | Path) -> list[Path]:
     ax.set_ylim(-1.5, 5)
     ax.set_xlim(-2, 0.5)
     ax.set_xlabel("z  (constraint value C_i)")
-    ax.set_ylabel("B_{μ,μ²}(z)")
+    ax.set_ylabel(r"$B_{\mu,\mu^2}(z)$")
     ax.set_title("Relaxed log-barrier (s = μ²)")
     ax.legend(title=None, fontsize=7, loc="upper left")
     return save(fig, png)
 
 
-def metrics_figure(table: pd.DataFrame, lengths: dict[str, list[int]], png: str | Path) -> list[Path]:
+def metrics_figure(table: pd.DataFrame, lengths: dict[str, list[int]], png: str | Path,
+                   max_new_tokens: int | None = None) -> list[Path]:
     """Per-model metrics: task NLL mean +- std, response-length box plots, and the numbers as a table."""
     sns.set_theme(style="whitegrid", context="paper")
     models = list(table["model"])
@@ -60,6 +61,9 @@ def metrics_figure(table: pd.DataFrame, lengths: dict[str, list[int]], png: str 
     ld = pd.DataFrame([(m, n) for m in models for n in lengths.get(m, [])], columns=["model", "tokens"])
     sns.boxplot(data=ld, x="model", y="tokens", hue="model", palette=pal, notch=True, showmeans=True, ax=ax2,
                 meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black"}, legend=False)
+    if max_new_tokens:
+        ax2.axhline(max_new_tokens, color="grey", linestyle=":", linewidth=1)
+        ax2.text(-0.45, max_new_tokens, "max_new_tokens", fontsize=7, color="grey", va="bottom")
     ax2.set_title("Sampled response length (test prompts)")
     ax2.set_ylabel("tokens")
     ax3.axis("off")
