@@ -75,7 +75,8 @@ def cmd_reward(a):
     tok = load_model(a.model)[1] if spec["type"] == "length" else None
     reward = build_reward(a.name, spec, tokenizer=tok, device=cfg["hardware"]["device"])
     samples = read_jsonl(a.samples)
-    scores = reward([s["prompt"] for s in samples], [s["response"] for s in samples])
+    scores = reward([s["prompt"] for s in samples], [s["response"] for s in samples],
+                    [s["response_ids"] for s in samples])
     write_json(a.out, {"metric": f"reward_{a.name}", "model": Path(a.samples).stem, "reward": spec,
                        "unit": reward.unit, "summary": summarize(scores), "per_example": scores.tolist(),
                        "run": run_record(cfg, cfg["seed"], started=t0, samples=str(a.samples))})

@@ -3,7 +3,7 @@
     python -m methods.cli data        --config CFG --out DIR --card JSON
     python -m methods.cli preferences --config CFG --out DIR --card JSON
     python -m methods.cli base        --config CFG --data DIR --out DIR
-    python -m methods.cli train       --config CFG --method NAME --init DIR --data DIR --out DIR
+    python -m methods.cli train       --config CFG --method NAME --init DIR --data DIR --out DIR [--set JSON]
     python -m methods.cli generate    --config CFG --model DIR --data DIR --out JSONL
 
 CFG is a YAML/JSON config; it is validated (with defaults filled in) before anything runs.
@@ -22,10 +22,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _cfg(path):
+def _cfg(path, overrides: str | None = None):
+    import json
+
     from methods.core.config import load_config
 
-    return load_config(path)
+    return load_config(path, json.loads(overrides) if overrides else None)
 
 
 def cmd_data(a):
@@ -65,7 +67,7 @@ def cmd_train(a):
     from methods import registry
     from methods.core.models import set_threads
 
-    cfg = _cfg(a.config)
+    cfg = _cfg(a.config, a.set)
     set_threads(cfg["hardware"])
     rec = registry.get(a.method).load().train(cfg, a.init, a.out, a.data)
     print(f"{a.method}: {rec.get('steps')} steps in {rec.get('wall_clock_s')} s")
@@ -111,6 +113,8 @@ def main(argv=None):
         sp.add_argument("--config", required=True)
         for x in args:
             sp.add_argument(f"--{x}", required=True)
+        if name == "train":
+            sp.add_argument("--set", default=None, help="JSON object merged into the config (a run variant)")
         sp.set_defaults(fn=fn)
     a = p.parse_args(argv)
     from methods.core.config import ConfigError

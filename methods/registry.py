@@ -25,6 +25,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
+        Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage"),
     ]
 }
 

@@ -11,6 +11,7 @@ def test_length_reward_counts_tokens_words_chars(micro_tok):
     resp = ["hello there friend", ""]
     tok = LengthReward("len", "tokens", micro_tok).score(["p", "p"], resp)
     assert tok[1] == 0 and tok[0] == len(micro_tok("hello there friend", add_special_tokens=False)["input_ids"])
+    assert LengthReward("len", "tokens", micro_tok)(["p"], ["x"], response_ids=[[5, 6, 7]]).tolist() == [3]
     assert LengthReward("len", "words").score(["p", "p"], resp).tolist() == [3, 0]
     assert LengthReward("len", "chars").score(["p", "p"], resp).tolist() == [18, 0]
 
@@ -38,7 +39,7 @@ def test_classifier_reward_truncates_and_normalises(tmp_path, micro_tok):
 
 def test_nonfinite_reward_names_the_sample():
     class Bad(LengthReward):
-        def score(self, p, r):
+        def score(self, p, r, ids=None):
             return torch.tensor([1.0, float("nan")])
 
     with pytest.raises(FloatingPointError, match="sample 1"):

@@ -101,6 +101,25 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             errs.append(f"{f}.reward: missing; name a reward defined under config.rewards")
         elif c["reward"] not in rewards:
             errs.append(f"{f}.reward: {c['reward']!r} is not defined under config.rewards ({sorted(rewards)})")
+    lx = cfg["experiments"]["length"]
+    if lx["enabled"] and not lx["bands"]:
+        errs.append("config.experiments.length.bands: the length experiment is enabled but lists no bands")
+    if lx["enabled"] and lx["reward"] not in rewards:
+        errs.append(f"config.experiments.length.reward: {lx['reward']!r} is not defined under config.rewards")
+    for i, (lo, hi) in enumerate(lx["bands"]):
+        f = f"config.experiments.length.bands[{i}]"
+        if lo < 0 or hi < 0:
+            errs.append(f"{f}: [{lo}, {hi}] has a negative bound; a length band is [lo, hi] with 0 <= lo <= hi")
+        elif lo > hi:
+            errs.append(f"{f}: lo {lo} > hi {hi}; write the band as [lo, hi] with lo <= hi")
+        elif hi >= cfg["l3m"]["max_new_tokens"]:
+            errs.append(f"{f}: hi {hi} must be below l3m.max_new_tokens {cfg['l3m']['max_new_tokens']} "
+                        f"(sampling could not show a violation)")
+    l3 = cfg["l3m"]
+    if l3["mu_min"] > l3["mu0"]:
+        errs.append(f"config.l3m.mu_min: {l3['mu_min']} > mu0 {l3['mu0']}")
+    if l3["baseline"] == "loo" and l3["samples_per_prompt"] < 2 and l3["sample_prompts"] < 2:
+        errs.append("config.l3m.baseline: a leave-one-out baseline needs at least 2 samples per step")
     d, b, p = cfg["data"], cfg["base_model"], cfg["preferences"]
     if d["source"] == "hf":
         if not d["hf"]["path"]:

@@ -17,11 +17,13 @@ class Reward:
     name: str = "reward"
     unit: str = ""
 
-    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def score(self, prompts: list[str], responses: list[str], response_ids=None) -> torch.Tensor:
+        """One score per response. ``response_ids`` (the policy's token ids, when known) lets
+        token-level rules count without re-tokenising; learned models ignore it."""
+        raise NotImplementedError  # pragma: no cover
 
-    def __call__(self, prompts, responses):
-        s = self.score(list(prompts), list(responses))
+    def __call__(self, prompts, responses, response_ids=None):
+        s = self.score(list(prompts), list(responses), response_ids)
         bad = (~torch.isfinite(s)).nonzero().flatten().tolist()
         if bad:
             i = bad[0]
@@ -31,15 +33,18 @@ class Reward:
 
 
 class LengthReward(Reward):
-    """Length of the response in tokens of the given tokenizer (no special tokens), words or chars."""
+    """Length of the response in tokens (the sampled ids when given, else the text re-tokenised with the
+    policy's tokenizer, no special tokens), words or chars."""
 
     def __init__(self, name: str = "length", unit: str = "tokens", tokenizer=None):
         if unit == "tokens" and tokenizer is None:
             raise ValueError(f"reward {name!r}: counting tokens needs the policy's tokenizer")
         self.name, self.unit, self.tok = name, unit, tokenizer
 
-    def score(self, prompts, responses):
-        if self.unit == "tokens":
+    def score(self, prompts, responses, response_ids=None):
+        if self.unit == "tokens" and response_ids is not None:
+            n = [len(ids) for ids in response_ids]
+        elif self.unit == "tokens":
             n = [len(self.tok(r, add_special_tokens=False)["input_ids"]) for r in responses]
         elif self.unit == "words":
             n = [len(r.split()) for r in responses]
@@ -71,7 +76,7 @@ class HFClassifierReward(Reward):
             self.unit = "std units of the reference set"
 
     @torch.no_grad()
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, response_ids=None):
         out = []
         for i in range(0, len(prompts), self.batch_size):
             enc = self.tok(prompts[i:i + self.batch_size], responses[i:i + self.batch_size], truncation="longest_first",
