@@ -17,3 +17,5 @@ rule all:
         expand(FIG + "/{fig}.{ext}", fig=["fig1_barrier", "metrics"], ext=["png", "pdf"]),
         OUT + "/data/task_card.json",
         OUT + "/data/preferences_card.json",
+        expand(FIG + "/{fig}.{ext}", fig=["fig2_length"] if LENGTH_MODELS else [], ext=["png", "pdf"]),
+        expand(FIG + "/curves/{model}.png", model=LENGTH_MODELS),

@@ -3,9 +3,11 @@
     python -m evaluation.cli perplexity --config CFG --model DIR --data DIR --out JSON
     python -m evaluation.cli lengths    --config CFG --samples JSONL --out JSON
     python -m evaluation.cli reward     --config CFG --name R --samples JSONL --model DIR --out JSON
-    python -m evaluation.cli aggregate  --config CFG --metrics DIR --out CSV
+    python -m evaluation.cli aggregate  --config CFG --metrics DIR --models A,B --out CSV
     python -m evaluation.cli figure1    --config CFG --out PNG
-    python -m evaluation.cli metrics-figure --config CFG --table CSV --samples-dir DIR --out PNG
+    python -m evaluation.cli metrics-figure --config CFG --table CSV --samples-dir DIR --models A,B --out PNG
+    python -m evaluation.cli figure2    --config CFG --results DIR --models-dir DIR --table CSV --out PNG
+    python -m evaluation.cli curves     --config CFG --log JSONL --out PNG
 
 Every JSON holds the metric's summary, its per-example values where they exist, and the run
 record (config, seed, git revision, package versions, device).
@@ -87,7 +89,7 @@ def cmd_aggregate(a):
     from methods.core.io import atomic_path
 
     cfg = _cfg(a.config)
-    df = aggregate(a.metrics, cfg["evaluation"]["models"], cfg["evaluation"]["rewards"])
+    df = aggregate(a.metrics, a.models.split(","), cfg["evaluation"]["rewards"])
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     print(df.to_string(index=False))
@@ -108,9 +110,45 @@ def cmd_metrics_figure(a):
     cfg = _cfg(a.config)
     table = pd.read_csv(a.table)
     lengths = {m: [s["n_tokens"] for s in read_jsonl(Path(a.samples_dir) / f"{m}.jsonl")]
-               for m in cfg["evaluation"]["models"]}
+               for m in a.models.split(",")}
     cols = ["model", "nll_mean", "nll_std", "perplexity", "len_mean", "len_median", "frac_finished"]
     metrics_figure(table[[c for c in cols if c in table]], lengths, a.out, cfg["generation"]["max_new_tokens"])
+
+
+def cmd_figure2(a):
+    from evaluation.figures import figure2_length
+    from evaluation.lengths import length_stats
+    from methods.core.io import atomic_path, read_json, read_jsonl
+
+    cfg = _cfg(a.config)
+    bands = cfg["experiments"]["length"]["bands"]
+    rows, lengths = [], {}
+    for i, model in enumerate(["sft"] + [f"l3m_len{j}" for j in range(len(bands))]):
+        band = None if model == "sft" else bands[i - 1]
+        samples = read_jsonl(Path(a.results) / "samples" / f"{model}.jsonl")
+        lengths[model] = [s["n_tokens"] for s in samples]
+        st = length_stats(samples, band)
+        ppl = read_json(Path(a.results) / "metrics" / model / "perplexity.json")["summary"]
+        run = read_json(Path(a.models_dir) / model / "l3m_run.json")
+        rows.append({"model": model, "band_lo": band[0] if band else None, "band_hi": band[1] if band else None,
+                     "len_mean": st["mean"], "len_std": st["std"], "len_median": st["median"],
+                     "frac_in_band": st.get("frac_in_band"), "mean_in_band": bool(band and band[0] <= st["mean"] <= band[1]),
+                     "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
+                     "train_wall_clock_s": run.get("wall_clock_s")})
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    with atomic_path(a.table) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    print(df.to_string(index=False))
+    figure2_length(df, lengths, a.out)
+
+
+def cmd_curves(a):
+    from evaluation.figures import training_curves
+    from methods.core.io import read_jsonl
+
+    training_curves(read_jsonl(a.log), a.out, title=Path(a.log).stem)
 
 
 def main(argv=None):
@@ -121,9 +159,11 @@ def main(argv=None):
         ("perplexity", cmd_perplexity, ["model", "data", "out"]),
         ("lengths", cmd_lengths, ["samples", "out"]),
         ("reward", cmd_reward, ["name", "samples", "model", "out"]),
-        ("aggregate", cmd_aggregate, ["metrics", "out"]),
+        ("aggregate", cmd_aggregate, ["metrics", "models", "out"]),
         ("figure1", cmd_figure1, ["out"]),
-        ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "out"]),
+        ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "models", "out"]),
+        ("figure2", cmd_figure2, ["results", "models-dir", "table", "out"]),
+        ("curves", cmd_curves, ["log", "out"]),
     ]:
         sp = sub.add_parser(name)
         sp.add_argument("--config", required=True)

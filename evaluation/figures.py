@@ -81,3 +81,74 @@ def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
+
+
+def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | Path) -> list[Path]:
+    """Figure 2 of the paper. Left: mean response length vs task NLL (mean +- std) per model.
+    Right: notched box plots of lengths (notch: median 95% CI, box: quartiles, whiskers: 1.5 IQR,
+    white circles: means), each L3M's band as dashed lines."""
+    sns.set_theme(style="whitegrid", context="paper")
+    models = list(df["model"])
+    pal = dict(zip(models, ["#555555"] + sns.color_palette("viridis", len(models) - 1)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    for _, r in df.iterrows():
+        ax1.errorbar(r["len_mean"], r["nll_mean"], yerr=r["nll_std"], fmt="o", color=pal[r["model"]], capsize=4,
+                     markersize=7, label=_label(r))
+    ax1.set_xlabel("mean response length (tokens)")
+    ax1.set_ylabel("task NLL (nats/token), mean ± std")
+    ax1.set_title("Task perplexity vs response length")
+    ax1.legend(fontsize=7)
+    ld = pd.DataFrame([(m, n) for m in models for n in lengths[m]], columns=["model", "tokens"])
+    sns.boxplot(data=ld, x="model", y="tokens", hue="model", palette=pal, notch=True, showmeans=True, ax=ax2,
+                whis=1.5, legend=False, meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black"})
+    for i, (_, r) in enumerate(df.iterrows()):
+        if pd.notna(r["band_lo"]):
+            for y in (r["band_lo"], r["band_hi"]):
+                ax2.plot([i - 0.45, i + 0.45], [y, y], linestyle="--", color=pal[r["model"]], linewidth=1.3)
+    ax2.set_xticks(range(len(models)), [_label(r).replace(" ", "\n", 1) for _, r in df.iterrows()], fontsize=7)
+    ax2.set_xlabel("")
+    ax2.set_ylabel("response length (tokens)")
+    ax2.set_title("Response lengths on the test prompts (dashed: band)")
+    fig.tight_layout()
+    return save(fig, png)
+
+
+def _label(r) -> str:
+    if pd.isna(r["band_lo"]):
+        return str(r["model"])
+    return f"{r['model']} [{r['band_lo']:g}, {r['band_hi']:g}]"
+
+
+def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[Path]:
+    """L3M per-step curves: constraint estimates (0 = bound), multipliers, mu, task loss, length."""
+    sns.set_theme(style="whitegrid", context="paper")
+    df = pd.DataFrame(log)
+    names = [c[len("C_hat["):-1] for c in df.columns if c.startswith("C_hat[")]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    pal = sns.color_palette("deep", max(1, len(names)))
+    for n, col in zip(names, pal):
+        axes[0].plot(df["step"], df[f"C_hat[{n}]"], color=col, label=f"Ĉ {n} (EMA)")
+        axes[0].plot(df["step"], df[f"C_batch[{n}]"], color=col, alpha=0.3, linewidth=0.8)
+        axes[1].plot(df["step"], df[f"lambda[{n}]"], color=col, label=f"λ {n}")
+    axes[0].axhline(0, color="black", linestyle="--", linewidth=1)
+    axes[0].set_title("constraint estimates (feasible ≤ 0)")
+    axes[0].legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[1].set_title("multiplier estimates λ̂")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(df["step"], df["mu"], color="black", label="μ")
+    axes[2].set_yscale("log")
+    ax2b = axes[2].twinx()
+    ax2b.plot(df["step"], df["barrier"], color="tab:red", alpha=0.7, label="barrier")
+    axes[2].set_title("μ (black, log) and barrier value (red)")
+    axes[3].plot(df["step"], df["task_loss"], color="tab:blue", label="task NLL")
+    axes[3].set_ylabel("task NLL (nats/token)")
+    ax3b = axes[3].twinx()
+    ax3b.plot(df["step"], df["mean_length"], color="tab:green", alpha=0.7)
+    ax3b.set_ylabel("mean sampled length", color="tab:green")
+    axes[3].set_title("task loss (blue) and sampled length (green)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, png)

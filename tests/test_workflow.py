@@ -28,16 +28,22 @@ def micro_run(tmp_path_factory):
 
 def test_dag_outputs_exist_and_are_sane(micro_run):
     out = micro_run / "results" / "micro"
-    for fig in ("fig1_barrier", "metrics"):
+    for fig in ("fig1_barrier", "metrics", "fig2_length", "curves/l3m_len0", "curves/l3m_len1"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 5000
     rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
-    assert [r["model"] for r in rows] == ["base", "sft"]
+    assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1"]
     for r in rows:
         nll, ppl = float(r["nll_mean"]), float(r["perplexity"])
         assert 0 < nll < 20 and math.isclose(ppl, math.exp(nll), rel_tol=1e-4)
         assert 0 <= float(r["len_mean"]) <= 12 and math.isfinite(float(r["length_mean"]))
-    for model in ("base", "sft"):
+    length = list(csv.DictReader(open(out / "tables" / "length_experiment.csv")))
+    assert [(r["model"], r["band_lo"], r["band_hi"]) for r in length] == [("sft", "", ""), ("l3m_len0", "0", "4"),
+                                                                          ("l3m_len1", "4", "10")]
+    assert all(0 <= float(r["frac_in_band"]) <= 1 for r in length[1:])
+    log = [json.loads(x) for x in open(out / "train_logs" / "l3m_len1.jsonl")]
+    assert len(log) == 4 and "lambda[length<=10]" in log[0]
+    for model in ("base", "sft", "l3m_len0", "l3m_len1"):
         rec = json.loads((out / "metrics" / model / "perplexity.json").read_text())
         assert rec["run"]["seed"] == 7 and rec["run"]["config"]["name"] == "micro"
         assert rec["run"]["packages"]["trl"] == "1.16.0" and rec["run"]["git_revision"]

@@ -35,7 +35,9 @@ if not Path(CONFIG_FILE).exists() or Path(CONFIG_FILE).read_text() != _text:
     Path(CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
     Path(CONFIG_FILE).write_text(_text)
 
-MODELS = CFG["evaluation"]["models"]
+LENGTH = CFG["experiments"]["length"]
+LENGTH_MODELS = [f"l3m_len{i}" for i in range(len(LENGTH["bands"]))] if LENGTH["enabled"] else []
+MODELS = CFG["evaluation"]["models"] + LENGTH_MODELS
 REWARDS = CFG["evaluation"]["rewards"]
 TRAIN_THREADS = min(CFG["hardware"]["train_threads"], workflow.cores)
 

@@ -75,7 +75,9 @@ rule aggregate:
         report(TABLE, category="Tables", caption="../report/metrics_table.rst"),
     params:
         metrics=f"{OUT}/metrics",
+        models=",".join(MODELS),
     log:
         f"{LOG}/aggregate.log",
     shell:
-        "{ENV} {PY} -m evaluation.cli aggregate --config {CONFIG_FILE} --metrics {params.metrics} --out {output} > {log} 2>&1"
+        "{ENV} {PY} -m evaluation.cli aggregate --config {CONFIG_FILE} --metrics {params.metrics} "
+        "--models {params.models} --out {output} > {log} 2>&1"

@@ -22,8 +22,44 @@ rule metrics_figure:
         pdf=f"{FIG}/metrics.pdf",
     params:
         samples=f"{OUT}/samples",
+        models=",".join(MODELS),
     log:
         f"{LOG}/metrics_figure.log",
     shell:
         "{ENV} {PY} -m evaluation.cli metrics-figure --config {CONFIG_FILE} --table {input.table} "
-        "--samples-dir {params.samples} --out {output.png} > {log} 2>&1"
+        "--samples-dir {params.samples} --models {params.models} --out {output.png} > {log} 2>&1"
+
+
+rule figure2:
+    """Figure 2 of the paper and its table: the length-constrained L3Ms beside SFT."""
+    input:
+        metrics=expand(f"{OUT}/metrics/{{model}}/{{m}}.json", model=["sft"] + LENGTH_MODELS, m=["perplexity", "lengths"]),
+        samples=expand(f"{OUT}/samples/{{model}}.jsonl", model=["sft"] + LENGTH_MODELS),
+        models=[model_dir(m) for m in LENGTH_MODELS],
+    output:
+        png=report(f"{FIG}/fig2_length.png", category="Figures", caption="../report/fig2.rst"),
+        pdf=f"{FIG}/fig2_length.pdf",
+        table=report(f"{OUT}/tables/length_experiment.csv", category="Tables", caption="../report/fig2.rst"),
+    params:
+        out=OUT,
+        models=f"{RES}/models",
+    log:
+        f"{LOG}/figure2.log",
+    shell:
+        "{ENV} {PY} -m evaluation.cli figure2 --config {CONFIG_FILE} --results {params.out} "
+        "--models-dir {params.models} --table {output.table} --out {output.png} > {log} 2>&1"
+
+
+rule training_curves:
+    """Per L3M run: constraint estimates against bounds, multipliers, mu and task loss per step."""
+    input:
+        model_dir("{model}"),
+    output:
+        png=report(f"{FIG}/curves/{{model}}.png", category="Training curves", caption="../report/curves.rst"),
+        pdf=f"{FIG}/curves/{{model}}.pdf",
+        log=f"{OUT}/train_logs/{{model}}.jsonl",
+    log:
+        f"{LOG}/curves_{{model}}.log",
+    shell:
+        "cp {input}/train_log.jsonl {output.log} && {ENV} {PY} -m evaluation.cli curves --config {CONFIG_FILE} "
+        "--log {output.log} --out {output.png} > {log} 2>&1"
