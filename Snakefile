@@ -6,6 +6,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/ablations.smk"
 
 report: "workflow/report/workflow.rst"
 

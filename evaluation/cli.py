@@ -151,6 +151,33 @@ def cmd_curves(a):
     training_curves(read_jsonl(a.log), a.out, title=Path(a.log).stem)
 
 
+def cmd_ablations(a):
+    import pandas as pd
+
+    from evaluation.figures import ablation_figure
+    from evaluation.lengths import length_stats
+    from methods.core.io import atomic_path, read_json, read_jsonl
+
+    cfg = _cfg(a.config)
+    band = cfg["ablations"]["band"]
+    rows = []
+    for pat, name in zip(a.patterns.split(","), a.names.split(",")):
+        d = Path(a.results) / pat
+        st = length_stats(read_jsonl(d / "samples.jsonl"), band)
+        ppl = read_json(d / "perplexity.json")["summary"]
+        run = read_json(Path(a.models_dir) / pat / "model" / "l3m_run.json")
+        rows.append({"setting": name, "params": pat, "band_lo": band[0], "band_hi": band[1], "len_mean": st["mean"],
+                     "len_std": st["std"], "frac_in_band": st["frac_in_band"],
+                     "mean_in_band": band[0] <= st["mean"] <= band[1], "nll_mean": ppl["nll_mean"],
+                     "nll_std": ppl["nll_std"], "final_C_hat": run.get("final_C_hat"),
+                     "train_wall_clock_s": run.get("wall_clock_s")})
+    df = pd.DataFrame(rows)
+    with atomic_path(a.table) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    print(df.to_string(index=False))
+    ablation_figure(df, a.out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="evaluation.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +191,7 @@ def main(argv=None):
         ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "models", "out"]),
         ("figure2", cmd_figure2, ["results", "models-dir", "table", "out"]),
         ("curves", cmd_curves, ["log", "out"]),
+        ("ablations", cmd_ablations, ["results", "models-dir", "patterns", "names", "table", "out"]),
     ]:
         sp = sub.add_parser(name)
         sp.add_argument("--config", required=True)

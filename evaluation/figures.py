@@ -152,3 +152,23 @@ def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[P
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, png)
+
+
+def ablation_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
+    """Per ablation setting: share of test responses inside the band, and task NLL mean +- std."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    pal = sns.color_palette("deep", len(df))
+    ax1.bar(df["setting"], df["frac_in_band"], color=pal)
+    for i, (_, r) in enumerate(df.iterrows()):
+        ax1.text(i, r["frac_in_band"] + 0.01, f"mean {r['len_mean']:.1f}", ha="center", fontsize=7)
+    ax1.set_ylim(0, 1)
+    ax1.set_ylabel("share of test responses in band")
+    ax1.set_title(f"constraint satisfaction, band [{df['band_lo'].iloc[0]:g}, {df['band_hi'].iloc[0]:g}]")
+    ax2.bar(df["setting"], df["nll_mean"], yerr=df["nll_std"], color=pal, capsize=4)
+    ax2.set_ylabel("task NLL (nats/token), mean ± std")
+    ax2.set_title("task perplexity")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return save(fig, png)

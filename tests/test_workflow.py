@@ -69,6 +69,16 @@ def test_report_has_the_figures(micro_run):
     assert (micro_run / "report.html").stat().st_size > 10000
 
 
+def test_ablations_target_runs_the_paramspace_grid(micro_run):
+    p = run(["--cores", "2", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(micro_run),
+             "ablations"], cwd=micro_run)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = list(csv.DictReader(open(micro_run / "results" / "micro" / "tables" / "ablations.csv")))
+    assert [r["setting"] for r in rows] == ["default", "joint-clip"]
+    assert "clip~joint" in rows[1]["params"] and all(0 <= float(r["frac_in_band"]) <= 1 for r in rows)
+    assert (micro_run / "results" / "micro" / "figures" / "ablations.pdf").exists()
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "config" / "micro.yaml").read_text() + "constraints:\n  - {reward: length, band: [30, 10]}\n")
