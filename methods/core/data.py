@@ -82,20 +82,25 @@ def chatterbot_conversations() -> list[tuple[str, list[tuple[str, str]], dict]]:
     return out
 
 
-def hf_conversations(hf: dict) -> list[tuple[str, list[tuple[str, str]], dict]]:
-    """Hub id or local folder with a ``messages`` column (UltraChat) or ``prompt``/``response``."""
+def load_hf(hf: dict, field: str):
+    """``datasets`` rows from a hub id or from a local folder of jsonl/json/parquet files (same schema)."""
     import datasets
 
     path = hf["path"]
     kwargs = {k: hf[k] for k in ("name", "data_dir") if hf.get(k)}
-    if Path(path).is_dir() and not kwargs.get("data_dir"):
+    if Path(path).is_dir():
         files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
         if not files:
-            raise FileNotFoundError(f"data.hf.path: local folder {path} holds no .jsonl/.json/.parquet files")
+            raise FileNotFoundError(f"{field}: local folder {path} holds no .jsonl/.json/.parquet files")
         kind = "parquet" if files[0].endswith(".parquet") else "json"
-        ds = datasets.load_dataset(kind, data_files=files, split="train")
-    else:
-        ds = datasets.load_dataset(path, split=hf.get("split", "train"), **kwargs)
+        return datasets.load_dataset(kind, data_files=files, split="train")
+    return datasets.load_dataset(path, split=hf.get("split", "train"), **kwargs)
+
+
+def hf_conversations(hf: dict) -> list[tuple[str, list[tuple[str, str]], dict]]:
+    """Hub id or local folder with a ``messages`` column (UltraChat) or ``prompt``/``response``."""
+    path = hf["path"]
+    ds = load_hf(hf, "data.hf.path")
     out = []
     for i, row in enumerate(ds):
         cid = str(row.get("prompt_id") or row.get("id") or i)
@@ -262,15 +267,7 @@ def _split_hh(text: str) -> tuple[str, str]:
 
 def hf_preferences(cfg: dict) -> list[dict]:
     """Anthropic HH-style rows ({"chosen", "rejected"} transcripts) from a hub id or local folder."""
-    import datasets
-
-    hf = cfg["hf"]
-    kwargs = {k: hf[k] for k in ("name", "data_dir") if hf.get(k)}
-    if Path(hf["path"]).is_dir():
-        files = sorted(str(p) for p in Path(hf["path"]).rglob("*.jsonl"))
-        ds = datasets.load_dataset("json", data_files=files, split="train")
-    else:
-        ds = datasets.load_dataset(hf["path"], split=hf.get("split", "train"), **kwargs)
+    ds = load_hf(cfg["hf"], "preferences.hf.path")
     pairs = []
     for i, row in enumerate(ds):
         pc, chosen = _split_hh(row["chosen"])
