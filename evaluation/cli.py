@@ -30,6 +30,17 @@ def _cfg(path):
     return load_config(path)
 
 
+def _write_table(df, path, cfg) -> None:
+    """A CSV table plus ``<table>.run.json`` with its provenance (config, seed, revision, versions)."""
+    from methods.core.io import atomic_path, write_json
+    from methods.core.record import run_record
+
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    write_json(str(path) + ".run.json", run_record(cfg, cfg["seed"], table=str(path)))
+    print(df.to_string(index=False))
+
+
 def _model_name(path) -> str:
     return Path(str(path)).name
 
@@ -86,13 +97,10 @@ def cmd_reward(a):
 
 def cmd_aggregate(a):
     from evaluation.tables import aggregate
-    from methods.core.io import atomic_path
 
     cfg = _cfg(a.config)
     df = aggregate(a.metrics, a.models.split(","), cfg["evaluation"]["rewards"])
-    with atomic_path(a.out) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    print(df.to_string(index=False))
+    _write_table(df, a.out, cfg)
 
 
 def cmd_figure1(a):
@@ -118,7 +126,7 @@ def cmd_metrics_figure(a):
 def cmd_figure2(a):
     from evaluation.figures import figure2_length
     from evaluation.lengths import length_stats
-    from methods.core.io import atomic_path, read_json, read_jsonl
+    from methods.core.io import read_json, read_jsonl
 
     cfg = _cfg(a.config)
     bands = cfg["experiments"]["length"]["bands"]
@@ -138,9 +146,7 @@ def cmd_figure2(a):
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    with atomic_path(a.table) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    print(df.to_string(index=False))
+    _write_table(df, a.table, cfg)
     figure2_length(df, lengths, a.out)
 
 
@@ -156,7 +162,7 @@ def cmd_ablations(a):
 
     from evaluation.figures import ablation_figure
     from evaluation.lengths import length_stats
-    from methods.core.io import atomic_path, read_json, read_jsonl
+    from methods.core.io import read_json, read_jsonl
 
     cfg = _cfg(a.config)
     band = cfg["ablations"]["band"]
@@ -172,9 +178,7 @@ def cmd_ablations(a):
                      "nll_std": ppl["nll_std"], "final_C_hat": run.get("final_C_hat"),
                      "train_wall_clock_s": run.get("wall_clock_s")})
     df = pd.DataFrame(rows)
-    with atomic_path(a.table) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    print(df.to_string(index=False))
+    _write_table(df, a.table, cfg)
     ablation_figure(df, a.out)
 
 

@@ -177,7 +177,6 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         rng.shuffle(state["order"])
     log_path = work / "train_log.jsonl"
     work.mkdir(parents=True, exist_ok=True)
-    k = len(cons)
     s_fixed = c["relax"]
     bs = c["batch_size"]
     bar = tqdm(total=c["steps"], initial=state["step"], desc="l3m", mininterval=5)

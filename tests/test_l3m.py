@@ -2,11 +2,10 @@
 import json
 import math
 
-import pytest
 import torch
 
 from methods.barrier import multipliers, relaxed_log_barrier
-from methods.l3m import (Constraint, ema_update, expand_constraints, l3m_direction, loo_baseline, mu_at,
+from methods.l3m import (ema_update, expand_constraints, l3m_direction, loo_baseline, mu_at,
                          pg_surrogate)
 
 

@@ -10,7 +10,6 @@ Three sources, one output: an HF folder (config, weights, tokenizer with a chat 
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
