@@ -226,7 +226,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
             g_task, n_task = _clip_and_get(params, c["max_grad_norm"])
             opt.zero_grad(set_to_none=True)
             barrier_loss.backward()
-            g_bar, n_bar = _clip_and_get(params, c["max_grad_norm"])
+            g_bar, n_bar = _clip_and_get(params, c["barrier_max_norm"] or c["max_grad_norm"])
             for p, a, b in zip(params, g_task, g_bar):
                 p.grad = a + b
             norms = {"grad_norm_task": n_task, "grad_norm_barrier": n_bar}
