@@ -140,7 +140,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
 
     from methods.core.generation import model_context, sample
     from methods.core.io import atomic_path, read_jsonl, write_json
-    from methods.core.models import encode_pair, load_model
+    from methods.core.models import encode_pair, load_model, prepare_work_dir
     from methods.core.record import run_record, seed_everything
     from methods.core.rewards import build_reward
 
@@ -148,7 +148,8 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     c = cfg["l3m"]
     seed_everything(cfg["seed"])
     device = cfg["hardware"]["device"]
-    out_dir, work = Path(out_dir), Path(str(out_dir) + ".work")
+    out_dir = Path(out_dir)
+    work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
     model, tok = load_model(init_dir, device=device, for_training=True)
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"])
     if not cons:
@@ -176,9 +177,12 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         state["order"] = list(range(len(rows)))
         rng.shuffle(state["order"])
     log_path = work / "train_log.jsonl"
-    work.mkdir(parents=True, exist_ok=True)
+    if log_path.exists():  # resumed: drop rows logged after the checkpoint (they are logged again)
+        kept = [x for x in open(log_path) if json.loads(x)["step"] < state["step"]]
+        log_path.write_text("".join(kept))
     s_fixed = c["relax"]
     bs = c["batch_size"]
+    tb = _tensorboard(work / "tensorboard")
     bar = tqdm(total=c["steps"], initial=state["step"], desc="l3m", mininterval=5)
     while state["step"] < c["steps"]:
         step = state["step"]
@@ -250,11 +254,17 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
                 rec[f"reward[{n}]"] = r.float().mean().item()
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if tb is not None:
+                for key, val in rec.items():
+                    if key != "step":
+                        tb.add_scalar(key, val, step)
             bar.set_postfix(loss=f"{rec['task_loss']:.3f}", len=f"{rec['mean_length']:.1f}", mu=f"{mu:.3g}")
         if state["step"] % c["save_steps"] == 0 and state["step"] < c["steps"]:
             _checkpoint(work, model, opt, sched, state, rng)
         bar.update(1)
     bar.close()
+    if tb is not None:
+        tb.close()
     log = [json.loads(x) for x in open(log_path)] if log_path.exists() else []
     record = run_record(cfg, cfg["seed"], started=t0, method="l3m", init=str(init_dir), steps=state["step"],
                         constraints=[con.__dict__ for con in cons], final_C_hat=state["ema"].tolist(),
@@ -263,10 +273,21 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "l3m_run.json", record)
+        if (work / "tensorboard").exists():
+            shutil.copytree(work / "tensorboard", tmp / "tensorboard")
         with open(tmp / "train_log.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in log)
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _tensorboard(path: Path):
+    """A TensorBoard writer when tensorboard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
 
 
 def _checkpoint(work: Path, model, opt, sched, state, rng) -> None:

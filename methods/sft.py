@@ -12,7 +12,7 @@ from pathlib import Path
 
 from methods.core.data import to_conversational
 from methods.core.io import atomic_path, read_jsonl, write_json
-from methods.core.models import last_checkpoint, load_model, trainer_hardware
+from methods.core.models import last_checkpoint, load_model, prepare_work_dir, trainer_hardware
 from methods.core.record import run_record, seed_everything
 
 
@@ -40,7 +40,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     t0 = time.time()
     seed_everything(cfg["seed"])
     out_dir = Path(out_dir)
-    work = Path(str(out_dir) + ".work")
+    work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
     model, tok = load_model(init_dir, for_training=True)
     train_rows = read_jsonl(Path(data_dir) / "train.jsonl")
     val_rows = read_jsonl(Path(data_dir) / "val.jsonl")

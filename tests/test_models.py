@@ -56,3 +56,10 @@ def test_gguf_smollm2_becomes_an_hf_folder(tmp_path):
         logits = m(input_ids=torch.tensor([ids])).logits[0]
     nll = torch.nn.functional.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:])).item()
     assert nll < 4.0  # a real pre-trained instruct model, not random weights (log V = 10.8)
+
+
+def test_checkpoints_of_another_config_are_discarded(tmp_path):
+    work = models.prepare_work_dir(tmp_path / "m.work", {"lr": 1})
+    (work / "state.pt").write_text("checkpoint")
+    assert (models.prepare_work_dir(tmp_path / "m.work", {"lr": 1}) / "state.pt").exists()  # same config: resume
+    assert not (models.prepare_work_dir(tmp_path / "m.work", {"lr": 2}) / "state.pt").exists()  # changed: fresh

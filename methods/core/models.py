@@ -87,7 +87,7 @@ def pretrain_base(cfg: dict, texts: list[str], out_dir: str | Path, hardware: di
     ds = datasets.Dataset.from_dict({"input_ids": blocks})
     model = micro_llama(tokenizer, pre)
     n_params = sum(p.numel() for p in model.parameters())
-    work = Path(str(out_dir) + ".work")
+    work = prepare_work_dir(Path(str(out_dir) + ".work"), {"base_model": cfg, "seed": seed, "hardware": hardware})
     args = TrainingArguments(
         output_dir=str(work), max_steps=pre["steps"], per_device_train_batch_size=pre["batch_size"],
         learning_rate=pre["lr"], lr_scheduler_type="cosine", warmup_steps=pre["warmup"], weight_decay=0.1,
@@ -213,6 +213,26 @@ def trainer_hardware(hw: dict) -> dict:
     return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu,
             "activation_checkpointing": bool(hw["gradient_checkpointing"]) and not cpu,
             "dataloader_num_workers": 0}
+
+
+def prepare_work_dir(work: Path, config: dict) -> Path:
+    """The checkpoint folder of a run, kept only if it was made by the same config.
+
+    A rerun resumes from ``work``; checkpoints left by a run with a different config (a changed
+    hyperparameter, another band) are discarded, never resumed into a hybrid model."""
+    import hashlib
+    import json
+    import shutil
+
+    work = Path(work)
+    fp = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = work / "config.sha256"
+    if work.exists() and (not stamp.exists() or stamp.read_text() != fp):
+        print(f"discarding checkpoints in {work}: they were made with another config")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    return work
 
 
 def last_checkpoint(work: Path) -> str | None:
