@@ -101,14 +101,14 @@ def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | P
     ax1.set_xlabel("mean response length (tokens)")
     ax1.set_ylabel("task NLL (nats/token), mean ± std")
     ax1.set_title("Task perplexity vs response length")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     ld = pd.DataFrame([(m, n) for m in models for n in lengths[m]], columns=["model", "tokens"])
     sns.boxplot(data=ld, x="model", y="tokens", hue="model", palette=pal, notch=True, showmeans=True, ax=ax2,
                 whis=1.5, legend=False, meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black"})
     for i, (_, r) in enumerate(df.iterrows()):
         if pd.notna(r["band_lo"]):
             for y in (r["band_lo"], r["band_hi"]):
-                ax2.plot([i - 0.45, i + 0.45], [y, y], linestyle="--", color=pal[r["model"]], linewidth=1.3)
+                ax2.plot([i - 0.48, i + 0.48], [y, y], linestyle="--", color="black", linewidth=1.3, zorder=5)
     ax2.set_xticks(range(len(models)), [_label(r).replace(" ", "\n", 1) for _, r in df.iterrows()], fontsize=7)
     ax2.set_xlabel("")
     ax2.set_ylabel("response length (tokens)")

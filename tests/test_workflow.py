@@ -33,7 +33,7 @@ def test_dag_outputs_exist_and_are_sane(micro_run):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 5000
     rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
     prov = json.loads((out / "tables" / "metrics.csv.run.json").read_text())
-    assert prov["seed"] == 7 and prov["packages"]["torch"] == "2.13.0"
+    assert prov["seed"] == 7 and prov["packages"]["torch"].startswith("2.13.0")
     assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1"]
     for r in rows:
         nll, ppl = float(r["nll_mean"]), float(r["perplexity"])
