@@ -16,7 +16,7 @@ from methods.core.models import last_checkpoint, load_model, prepare_work_dir, t
 from methods.core.record import run_record, seed_everything
 
 
-def sft_config(cfg: dict, work: Path, n_train: int):
+def sft_config(cfg: dict, work: Path):
     from trl import SFTConfig
 
     s = cfg["sft"]
@@ -46,7 +46,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     val_rows = read_jsonl(Path(data_dir) / "val.jsonl")
     train_ds = datasets.Dataset.from_list(to_conversational(train_rows))
     val_ds = datasets.Dataset.from_list(to_conversational(val_rows))
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, work, len(train_rows)), train_dataset=train_ds,
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, work), train_dataset=train_ds,
                          eval_dataset=val_ds, processing_class=tok)
     resumed = last_checkpoint(work)
     trainer.train(resume_from_checkpoint=resumed)

@@ -16,7 +16,7 @@ rule train:
     wildcard_constraints:
         method="|".join(METHODS),
     params:
-        fp=lambda w: fingerprint("data", w.method, "seed", "hardware"),
+        fp=lambda w: fingerprint("data", w.method, "seed", "hardware", "constraints", "rewards"),
         data=f"{RES}/data/task",
     threads: TRAIN_THREADS
     resources:
