@@ -154,7 +154,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"])
     if not cons:
         raise ValueError("l3m: no constraints; add config.constraints (or run sft for the task alone)")
-    rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=tok, device=device) for n in {x.reward for x in cons}}
+    rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=tok, device=device) for n in dict.fromkeys(x.reward for x in cons)}
     rows = read_jsonl(Path(data_dir) / "train.jsonl")
     ctx = min(model_context(model), c["max_length"])
     gen = {"max_new_tokens": c["max_new_tokens"], "do_sample": True, "temperature": c["temperature"],
