@@ -209,10 +209,16 @@ def _ids(x):
 
 def trainer_hardware(hw: dict) -> dict:
     """TrainingArguments for the configured hardware (CPU-safe: fp32, no gradient checkpointing)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
     cpu = hw["device"] == "cpu"
+    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu,
-            "activation_checkpointing": bool(hw["gradient_checkpointing"]) and not cpu,
-            "dataloader_num_workers": 0}
+            ckpt: bool(hw["gradient_checkpointing"]) and not cpu, "dataloader_num_workers": 0}
 
 
 def prepare_work_dir(work: Path, config: dict) -> Path:
