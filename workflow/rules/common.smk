@@ -26,7 +26,7 @@ TABLE = f"{OUT}/tables/metrics.csv"
 LOG = f"logs/{NAME}"
 BENCH = f"{OUT}/benchmarks"
 PY = sys.executable
-ENV = f"PYTHONPATH={workflow.basedir}:$PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false"
+ENV = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false"
 
 # The resolved config (defaults filled in) every job reads; rewritten only when it changes.
 CONFIG_FILE = f"{RES}/config.resolved.yaml"
