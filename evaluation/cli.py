@@ -78,14 +78,14 @@ def cmd_lengths(a):
 
 def cmd_reward(a):
     from methods.core.io import read_jsonl, write_json
-    from methods.core.models import load_model
+    from methods.core.models import load_tokenizer
     from methods.core.record import run_record
     from methods.core.rewards import build_reward, summarize
 
     t0 = time.time()
     cfg = _cfg(a.config)
     spec = cfg["rewards"][a.name]
-    tok = load_model(a.model)[1] if spec["type"] == "length" else None
+    tok = load_tokenizer(a.model) if spec["type"] == "length" else None
     reward = build_reward(a.name, spec, tokenizer=tok, device=cfg["hardware"]["device"])
     samples = read_jsonl(a.samples)
     scores = reward([s["prompt"] for s in samples], [s["response"] for s in samples],
@@ -123,26 +123,34 @@ def cmd_metrics_figure(a):
     metrics_figure(table[[c for c in cols if c in table]], lengths, a.out, cfg["generation"]["max_new_tokens"])
 
 
-def cmd_figure2(a):
-    from evaluation.figures import figure2_length
+def _length_row(samples_path, ppl_path, band) -> tuple[dict, list[int]]:
+    """Length statistics (share inside ``band``) and task NLL of one model, and its sampled lengths."""
     from evaluation.lengths import length_stats
     from methods.core.io import read_json, read_jsonl
+
+    samples = read_jsonl(samples_path)
+    st = length_stats(samples, band)
+    ppl = read_json(ppl_path)["summary"]
+    row = {"band_lo": band[0] if band else None, "band_hi": band[1] if band else None, "len_mean": st["mean"],
+           "len_std": st["std"], "len_median": st["median"], "frac_in_band": st.get("frac_in_band"),
+           "mean_in_band": bool(band and band[0] <= st["mean"] <= band[1]), "nll_mean": ppl["nll_mean"],
+           "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"]}
+    return row, [s["n_tokens"] for s in samples]
+
+
+def cmd_figure2(a):
+    from evaluation.figures import figure2_length
+    from methods.core.io import read_json
 
     cfg = _cfg(a.config)
     bands = cfg["experiments"]["length"]["bands"]
     rows, lengths = [], {}
     for i, model in enumerate(["sft"] + [f"l3m_len{j}" for j in range(len(bands))]):
         band = None if model == "sft" else bands[i - 1]
-        samples = read_jsonl(Path(a.results) / "samples" / f"{model}.jsonl")
-        lengths[model] = [s["n_tokens"] for s in samples]
-        st = length_stats(samples, band)
-        ppl = read_json(Path(a.results) / "metrics" / model / "perplexity.json")["summary"]
+        row, lengths[model] = _length_row(Path(a.results) / "samples" / f"{model}.jsonl",
+                                          Path(a.results) / "metrics" / model / "perplexity.json", band)
         run = read_json(Path(a.models_dir) / model / "l3m_run.json")
-        rows.append({"model": model, "band_lo": band[0] if band else None, "band_hi": band[1] if band else None,
-                     "len_mean": st["mean"], "len_std": st["std"], "len_median": st["median"],
-                     "frac_in_band": st.get("frac_in_band"), "mean_in_band": bool(band and band[0] <= st["mean"] <= band[1]),
-                     "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
-                     "train_wall_clock_s": run.get("wall_clock_s")})
+        rows.append({"model": model, **row, "train_wall_clock_s": run.get("wall_clock_s")})
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -161,21 +169,16 @@ def cmd_ablations(a):
     import pandas as pd
 
     from evaluation.figures import ablation_figure
-    from evaluation.lengths import length_stats
-    from methods.core.io import read_json, read_jsonl
+    from methods.core.io import read_json
 
     cfg = _cfg(a.config)
     band = cfg["ablations"]["band"]
     rows = []
     for pat, name in zip(a.patterns.split(","), a.names.split(",")):
         d = Path(a.results) / pat
-        st = length_stats(read_jsonl(d / "samples.jsonl"), band)
-        ppl = read_json(d / "perplexity.json")["summary"]
+        row, _ = _length_row(d / "samples.jsonl", d / "perplexity.json", band)
         run = read_json(Path(a.models_dir) / pat / "model" / "l3m_run.json")
-        rows.append({"setting": name, "params": pat, "band_lo": band[0], "band_hi": band[1], "len_mean": st["mean"],
-                     "len_std": st["std"], "frac_in_band": st["frac_in_band"],
-                     "mean_in_band": band[0] <= st["mean"] <= band[1], "nll_mean": ppl["nll_mean"],
-                     "nll_std": ppl["nll_std"], "final_C_hat": run.get("final_C_hat"),
+        rows.append({"setting": name, "params": pat, **row, "final_C_hat": run.get("final_C_hat"),
                      "train_wall_clock_s": run.get("wall_clock_s")})
     df = pd.DataFrame(rows)
     _write_table(df, a.table, cfg)

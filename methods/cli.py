@@ -87,7 +87,8 @@ def cmd_generate(a):
     rows = rows[:n] if n else rows
     model, tok = load_model(a.model, device=cfg["hardware"]["device"])
     samples = sample(model, tok, [r["prompt"] for r in rows], cfg["generation"], cfg["seed"])
-    write_jsonl(a.out, ({"id": r["id"], "prompt": r["prompt"], **s} for r, s in zip(rows, samples)))
+    write_jsonl(a.out, ({"id": r["id"], "prompt": r["prompt"], **{k: v for k, v in s.items() if k != "prompt_ids"}}
+                        for r, s in zip(rows, samples)))
     rec = run_record(cfg, cfg["seed"], started=t0, model=str(a.model), generation=cfg["generation"],
                      n_samples=len(samples))
     write_json(str(a.out) + ".run.json", rec)

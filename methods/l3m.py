@@ -212,8 +212,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         c_hat = state["ema"]
         lam = multipliers(c_hat, mu, s).float()
         # 4. policy-gradient surrogate for grad C_i
-        p_ids = [encode_pair(tok, p)[0] for p in prompts]
-        sseqs, smasks = _sequences(tok, p_ids, samples, ctx)
+        sseqs, smasks = _sequences(tok, [x["prompt_ids"] for x in samples], samples, ctx)
         logp = _seq_logprob(model, sseqs, smasks, tok.pad_token_id, c["length_normalize"], device)
         base = loo_baseline(g, c["samples_per_prompt"]) if c["baseline"] == "loo" else (
             torch.zeros_like(g) if c["baseline"] == "none" else c_hat.to(g).unsqueeze(-1).expand_as(g))

@@ -28,7 +28,8 @@ def generation_kwargs(gen: dict, tok) -> dict:
 @torch.no_grad()
 def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool = True) -> list[dict]:
     """Sample one response per prompt. Returns dicts with response text, token ids, token length,
-    whether the model ended the turn itself (``finished``) and whether the prompt was truncated."""
+    whether the model ended the turn itself (``finished``), whether the prompt was truncated, and
+    the prompt ids the response was sampled from (``prompt_ids``)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -53,6 +54,7 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
             finished = tok.eos_token_id in row
             toks = row[: row.index(tok.eos_token_id)] if finished else [t for t in row if t != tok.pad_token_id]
             out.append({"response": tok.decode(toks, skip_special_tokens=True).strip(), "response_ids": toks,
-                        "n_tokens": len(toks), "finished": finished, "prompt_truncated": truncated[i]})
+                        "n_tokens": len(toks), "finished": finished, "prompt_truncated": truncated[i],
+                        "prompt_ids": enc[i]})
     model.train(was_training)
     return out

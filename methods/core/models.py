@@ -162,22 +162,31 @@ def hf_base(cfg: dict, out_dir: str | Path) -> dict:
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", for_training: bool = False):
     """Load a causal LM and its tokenizer from an HF folder or hub id; clear error if it is missing."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     p = Path(str(path))
     if (str(path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
         raise FileNotFoundError(f"model folder {path} is missing or incomplete (no config.json); "
                                 f"rerun the rule that builds it")
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    model.to(device)
+    model.train(for_training)
+    return model, tok
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder or hub id, set up as every model here uses it: left padding,
+    a pad token, and the project's chat template when the model has none."""
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(path))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         tok.chat_template = CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
-    model.to(device)
-    model.train(for_training)
-    return model, tok
+    return tok
 
 
 def encode_pair(tokenizer, prompt: str, response: str | None = None) -> tuple[list[int], int]:
