@@ -30,14 +30,14 @@ def _cfg(path):
     return load_config(path)
 
 
-def _write_table(df, path, cfg) -> None:
+def _write_table(df, path, cfg, extra: dict | None = None) -> None:
     """A CSV table plus ``<table>.run.json`` with its provenance (config, seed, revision, versions)."""
     from methods.core.io import atomic_path, write_json
     from methods.core.record import run_record
 
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
-    write_json(str(path) + ".run.json", run_record(cfg, cfg["seed"], table=str(path)))
+    write_json(str(path) + ".run.json", run_record(cfg, cfg["seed"], table=str(path), **(extra or {})))
     print(df.to_string(index=False))
 
 
@@ -64,35 +64,59 @@ def cmd_perplexity(a):
                        "run": run_record(cfg, cfg["seed"], started=t0, model=str(a.model))})
 
 
-def cmd_lengths(a):
+def _lengths_doc(cfg, samples: list[dict], samples_path) -> dict:
     from evaluation.lengths import length_stats
-    from methods.core.io import read_jsonl, write_json
     from methods.core.record import run_record
 
-    cfg = _cfg(a.config)
-    samples = read_jsonl(a.samples)
-    write_json(a.out, {"metric": "response_length", "model": Path(a.samples).stem, "unit": "tokens",
-                       "summary": length_stats(samples), "per_example": [s["n_tokens"] for s in samples],
-                       "run": run_record(cfg, cfg["seed"], samples=str(a.samples))})
+    return {"metric": "response_length", "model": Path(samples_path).stem, "unit": "tokens",
+            "summary": length_stats(samples), "per_example": [s["n_tokens"] for s in samples],
+            "run": run_record(cfg, cfg["seed"], samples=str(samples_path))}
 
 
-def cmd_reward(a):
+def cmd_lengths(a):
     from methods.core.io import read_jsonl, write_json
-    from methods.core.models import load_tokenizer
+
+    write_json(a.out, _lengths_doc(_cfg(a.config), read_jsonl(a.samples), a.samples))
+
+
+def cmd_score(a):
+    """lengths.json and reward_<name>.json for every named reward, from one model's samples."""
+    from methods.core.io import read_jsonl, write_json
+    from methods.core.models import load_tokenizer, set_threads
     from methods.core.record import run_record
     from methods.core.rewards import build_reward, summarize
 
-    t0 = time.time()
     cfg = _cfg(a.config)
-    spec = cfg["rewards"][a.name]
-    tok = load_tokenizer(a.model) if spec["type"] == "length" else None
-    reward = build_reward(a.name, spec, tokenizer=tok, device=cfg["hardware"]["device"])
+    set_threads(cfg["hardware"])
     samples = read_jsonl(a.samples)
-    scores = reward([s["prompt"] for s in samples], [s["response"] for s in samples],
-                    [s["response_ids"] for s in samples])
-    write_json(a.out, {"metric": f"reward_{a.name}", "model": Path(a.samples).stem, "reward": spec,
-                       "unit": reward.unit, "summary": summarize(scores), "per_example": scores.tolist(),
-                       "run": run_record(cfg, cfg["seed"], started=t0, samples=str(a.samples))})
+    out = Path(a.out)
+    model = Path(a.samples).stem
+    write_json(out / "lengths.json", _lengths_doc(cfg, samples, a.samples))
+    prompts, texts, ids = ([s[k] for s in samples] for k in ("prompt", "response", "response_ids"))
+    for name in [n for n in a.rewards.split(",") if n]:
+        t0 = time.time()
+        spec = cfg["rewards"][name]
+        tok = load_tokenizer(a.model) if spec["type"] == "length" else None
+        reward = build_reward(name, spec, tokenizer=tok, device=cfg["hardware"]["device"], cfg=cfg)
+        scores = reward(prompts, texts, ids)
+        write_json(out / f"reward_{name}.json", {
+            "metric": f"reward_{name}", "model": model, "reward": spec, "unit": reward.unit,
+            "summary": summarize(scores), "per_example": scores.tolist(),
+            "run": run_record(cfg, cfg["seed"], started=t0, samples=str(a.samples))})
+
+
+def cmd_evaluate(a):
+    """One model, one process: sample the test prompts, task perplexity, lengths and every reward
+    (the same steps as the separate subcommands, without paying the start-up three times)."""
+    import argparse
+
+    from methods.cli import cmd_generate
+
+    out = Path(a.out)
+    samples = Path(a.samples)
+    cmd_generate(argparse.Namespace(config=a.config, model=a.model, data=a.data, out=str(samples)))
+    cmd_perplexity(argparse.Namespace(config=a.config, model=a.model, data=a.data, out=str(out / "perplexity.json")))
+    cmd_score(argparse.Namespace(config=a.config, rewards=a.rewards, samples=str(samples), model=a.model, out=str(out)))
 
 
 def cmd_aggregate(a):
@@ -185,6 +209,77 @@ def cmd_ablations(a):
     ablation_figure(df, a.out)
 
 
+def two_reward_models(cfg: dict) -> list[str]:
+    """Models of the two-reward experiment, in the order common.smk builds them."""
+    tw = cfg["experiments"]["two_reward"]
+    n = len(tw["points"])
+    return (["base", "sft"] + [f"l3m_pt{i}" for i in range(n)] + ([f"mm_pt{i}" for i in range(n)] if tw["mm"] else [])
+            + ([f"mix{j}" for j in range(len(cfg["mixture"]["weights"]))] if tw["mixture"] else [])
+            + [m for m in ("dpo", "cpo") if tw[m]])
+
+
+def cmd_two_reward(a):
+    """The two-reward table (per model: both mean rewards ± s.e., constraint satisfied, task NLL ± std,
+    training wall-clock), Figure 3 and the Pareto figure."""
+    import pandas as pd
+
+    from evaluation.figures import figure3_two_reward, pareto_figure
+    from methods.core.io import read_json
+
+    cfg = _cfg(a.config)
+    tw = cfg["experiments"]["two_reward"]
+    points = tw["points"]
+    r1, r2 = tw["rewards"]
+    rows = []
+    for model in two_reward_models(cfg):
+        d = Path(a.results) / "metrics" / model
+        s1, s2 = (read_json(d / f"reward_{r}.json")["summary"] for r in (r1, r2))
+        ppl = read_json(d / "perplexity.json")["summary"]
+        run_path = Path(a.models_dir) / model / "l3m_run.json"
+        run = read_json(run_path) if run_path.exists() else {}
+        point = int(model.rsplit("pt", 1)[1]) if "_pt" in model else None
+        feasible = [i for i, (b1, b2) in enumerate(points) if s1["mean"] >= b1 and s2["mean"] >= b2]
+        row = {"model": model, "method": run.get("method", "base"), "point": point,
+               "b1": points[point][0] if point is not None else None, "b2": points[point][1] if point is not None else None,
+               "r1_mean": s1["mean"], "r1_se": s1["se"], "r2_mean": s2["mean"], "r2_se": s2["se"],
+               "satisfied": (point in feasible) if point is not None else None,
+               "points_satisfied": " ".join(f"p{i}" for i in feasible),
+               "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
+               "weights": "/".join(f"{w:g}" for w in run["weights"]) if "weights" in run else "",
+               "train_wall_clock_s": run.get("wall_clock_s")}
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    _write_table(df, a.table, cfg, extra={"reward_1": r1, "reward_2": r2, "points": points})
+    labels = [cfg["rewards"][r].get("label") or r for r in (r1, r2)]
+    figure3_two_reward(df, points, tw["shade"], labels, a.out)
+    pareto_figure(df, labels, a.pareto)
+
+
+def cmd_cost(a):
+    """The paper's cost claim: L3M (one stage from init) against SFT + MM (two stages) per constraint
+    point, from the rules' own Snakemake benchmark files (wall-clock s and CPU seconds)."""
+    import pandas as pd
+
+    cfg = _cfg(a.config)
+    bench = Path(a.bench)
+
+    def b(rule):
+        t = pd.read_csv(bench / f"{rule}.tsv", sep="\t")
+        return float(t["s"].iloc[-1]), float(t["cpu_time"].iloc[-1])
+
+    sft_s, sft_cpu = b("train_sft")
+    rows = []
+    for i in range(len(cfg["experiments"]["two_reward"]["points"])):
+        l_s, l_cpu = b(f"train_l3m_pt{i}")
+        m_s, m_cpu = b(f"train_mm_pt{i}")
+        rows.append({"point": i, "l3m_s": l_s, "sft_s": sft_s, "mm_s": m_s, "sft_plus_mm_s": sft_s + m_s,
+                     "ratio_sft_mm_over_l3m": (sft_s + m_s) / l_s, "l3m_cpu_s": l_cpu,
+                     "sft_plus_mm_cpu_s": sft_cpu + m_cpu, "ratio_cpu": (sft_cpu + m_cpu) / l_cpu if l_cpu else None,
+                     "device": cfg["hardware"]["device"]})
+    _write_table(pd.DataFrame(rows), a.table, cfg, extra={"source": "Snakemake benchmark files of the training rules",
+                                                         "note": "reward models are shared by both and excluded"})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="evaluation.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,13 +287,16 @@ def main(argv=None):
     for name, fn, args in [
         ("perplexity", cmd_perplexity, ["model", "data", "out"]),
         ("lengths", cmd_lengths, ["samples", "out"]),
-        ("reward", cmd_reward, ["name", "samples", "model", "out"]),
+        ("score", cmd_score, ["rewards", "samples", "model", "out"]),
+        ("evaluate", cmd_evaluate, ["rewards", "model", "data", "samples", "out"]),
         ("aggregate", cmd_aggregate, ["metrics", "models", "out"]),
         ("figure1", cmd_figure1, ["out"]),
         ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "models", "out"]),
         ("figure2", cmd_figure2, ["results", "models-dir", "table", "out"]),
         ("curves", cmd_curves, ["log", "out"]),
         ("ablations", cmd_ablations, ["results", "models-dir", "patterns", "names", "table", "out"]),
+        ("two-reward", cmd_two_reward, ["results", "models-dir", "table", "out", "pareto"]),
+        ("cost", cmd_cost, ["bench", "table"]),
     ]:
         sp = sub.add_parser(name)
         sp.add_argument("--config", required=True)

@@ -124,27 +124,35 @@ def _label(r) -> str:
 
 
 def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[Path]:
-    """L3M per-step curves: constraint estimates (0 = bound), multipliers, mu, task loss, length."""
+    """Per-step curves of an L3M or MM run: constraint estimates (0 = bound), multipliers, mu and the
+    barrier (L3M) or the KL to SFT (MM), task loss and sampled length."""
     sns.set_theme(style="whitegrid", context="paper")
     df = pd.DataFrame(log)
-    names = [c[len("C_hat["):-1] for c in df.columns if c.startswith("C_hat[")]
+    names = [c[len("C_batch["):-1] for c in df.columns if c.startswith("C_batch[")]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     pal = sns.color_palette("deep", max(1, len(names)))
     for n, col in zip(names, pal):
-        axes[0].plot(df["step"], df[f"C_hat[{n}]"], color=col, label=f"Ĉ {n} (EMA)")
-        axes[0].plot(df["step"], df[f"C_batch[{n}]"], color=col, alpha=0.3, linewidth=0.8)
+        if f"C_hat[{n}]" in df:
+            axes[0].plot(df["step"], df[f"C_hat[{n}]"], color=col, label=f"Ĉ {n} (EMA)")
+            axes[0].plot(df["step"], df[f"C_batch[{n}]"], color=col, alpha=0.3, linewidth=0.8)
+        else:
+            axes[0].plot(df["step"], df[f"C_batch[{n}]"], color=col, label=f"C {n} (batch)")
         axes[1].plot(df["step"], df[f"lambda[{n}]"], color=col, label=f"λ {n}")
     axes[0].axhline(0, color="black", linestyle="--", linewidth=1)
     axes[0].set_title("constraint estimates (feasible ≤ 0)")
     axes[0].legend(fontsize=7)
-    axes[1].set_yscale("log")
-    axes[1].set_title("multiplier estimates λ̂")
+    axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_title("multipliers λ")
     axes[1].legend(fontsize=7)
-    axes[2].plot(df["step"], df["mu"], color="black", label="μ")
-    axes[2].set_yscale("log")
-    ax2b = axes[2].twinx()
-    ax2b.plot(df["step"], df["barrier"], color="tab:red", alpha=0.7, label="barrier")
-    axes[2].set_title("μ (black, log) and barrier value (red)")
+    if "mu" in df:
+        axes[2].plot(df["step"], df["mu"], color="black", label="μ")
+        axes[2].set_yscale("log")
+        ax2b = axes[2].twinx()
+        ax2b.plot(df["step"], df["barrier"], color="tab:red", alpha=0.7, label="barrier")
+        axes[2].set_title("μ (black, log) and barrier value (red)")
+    elif "kl" in df:
+        axes[2].plot(df["step"], df["kl"], color="tab:purple")
+        axes[2].set_title("KL to SFT (per-sample k1 estimate)")
     axes[3].plot(df["step"], df["task_loss"], color="tab:blue", label="task NLL")
     axes[3].set_ylabel("task NLL (nats/token)")
     ax3b = axes[3].twinx()
@@ -174,5 +182,95 @@ def ablation_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
     ax2.set_title("task perplexity")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return save(fig, png)
+
+
+STYLE = {"base": ("init (base)", "X", "0.5"), "sft": ("SFT", "*", "black"), "l3m": ("L3M", "o", "tab:red"),
+         "mm": ("MM", "s", "tab:blue"), "mix": ("mixture RLHF", "^", "tab:green"), "dpo": ("DPO", "D", "tab:purple"),
+         "cpo": ("CPO", "P", "tab:orange")}
+
+
+def _kind(model: str) -> str:
+    return model.split("_")[0] if model.startswith(("l3m_", "mm_")) else ("mix" if model.startswith("mix") else model)
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (maximising both coordinates), sorted by the first."""
+    idx = [i for i, p in enumerate(points)
+           if not any((q >= p).all() and (q > p).any() for j, q in enumerate(points) if j != i)]
+    return np.array(sorted(idx, key=lambda i: points[i][0]), dtype=int)
+
+
+def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[str], png: str | Path) -> list[Path]:
+    """Figure 3 of the paper. Left: mean reward 1 vs mean reward 2 per model, each constraint point,
+    dotted lines from every L3M/MM to its point, the feasible quadrant of point ``shade`` shaded.
+    Right: task NLL mean ± std of MM and L3M per constraint point."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    r1, r2 = "r1_mean", "r2_mean"
+    cmap = sns.color_palette("colorblind", len(points))
+    x0, y0 = points[shade]
+    lim = (min(df[r1].min(), min(p[0] for p in points)) - 0.3, max(df[r1].max(), max(p[0] for p in points)) + 0.3,
+           min(df[r2].min(), min(p[1] for p in points)) - 0.3, max(df[r2].max(), max(p[1] for p in points)) + 0.3)
+    ax.fill_between([x0, lim[1]], y0, lim[3], color=cmap[shade], alpha=0.12, lw=0,
+                    label=f"feasible for point {shade}")
+    for i, (b1, b2) in enumerate(points):
+        ax.scatter([b1], [b2], marker="+", s=160, color=cmap[i], lw=2, zorder=4)
+        ax.annotate(f"p{i}", (b1, b2), textcoords="offset points", xytext=(5, 5), fontsize=8, color=cmap[i])
+    seen = set()
+    for _, r in df.iterrows():
+        kind = _kind(r["model"])
+        name, marker, color = STYLE.get(kind, (kind, "o", "gray"))
+        if pd.notna(r.get("point")):
+            i = int(r["point"])
+            ax.plot([r[r1], points[i][0]], [r[r2], points[i][1]], ls=":", color=cmap[i], lw=1)
+        ax.errorbar(r[r1], r[r2], xerr=r["r1_se"], yerr=r["r2_se"], fmt=marker, color=color, ms=8 if kind != "sft" else 12,
+                    mec="white" if kind in ("l3m", "mm") else color, label=None if kind in seen else name, zorder=5)
+        seen.add(kind)
+    mix = df[df["model"].str.startswith("mix")].sort_values(r1)
+    if len(mix):
+        ax.plot(mix[r1], mix[r2], color=STYLE["mix"][2], lw=0.8, alpha=0.6)
+    ax.set(xlim=lim[:2], ylim=lim[2:], xlabel=f"mean {labels[0]} (normalised)", ylabel=f"mean {labels[1]} (normalised)",
+           title="Two-reward constraints: models and constraint points")
+    ax.legend(fontsize=7, loc="best")
+    for kind, dx in (("mm", -0.08), ("l3m", 0.08)):
+        sub = df[df["model"].str.startswith(kind + "_pt")].sort_values("point")
+        if len(sub):
+            name, marker, color = STYLE[kind]
+            bx.errorbar(sub["point"] + dx, sub["nll_mean"], yerr=sub["nll_std"], fmt=marker, color=color, capsize=3,
+                        label=name)
+    for kind in ("sft", "base"):
+        row = df[df["model"] == kind]
+        if len(row):
+            bx.axhline(row["nll_mean"].iloc[0], ls="--", color=STYLE[kind][2], lw=1, label=f"{STYLE[kind][0]} (mean)")
+    bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean ± std)", title="Task perplexity per point",
+           xticks=list(range(len(points))), xticklabels=[f"p{i}\n({a:g}, {b:g})" for i, (a, b) in enumerate(points)])
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, png)
+
+
+def pareto_figure(df: pd.DataFrame, labels: list[str], png: str | Path) -> list[Path]:
+    """The mixture-of-rewards grid and its Pareto front against the L3Ms (and MMs), in reward space."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    mix = df[df["model"].str.startswith("mix")]
+    if len(mix):
+        pts = mix[["r1_mean", "r2_mean"]].to_numpy()
+        front = mix.iloc[pareto_front(pts)]
+        ax.plot(front["r1_mean"], front["r2_mean"], color=STYLE["mix"][2], lw=1.5, label="mixture Pareto front")
+        for _, r in mix.iterrows():
+            ax.annotate(r.get("weights", ""), (r["r1_mean"], r["r2_mean"]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color=STYLE["mix"][2])
+    for kind in ("mix", "l3m", "mm", "sft", "dpo", "cpo"):
+        sub = df[df["model"].map(_kind) == kind]
+        if len(sub):
+            name, marker, color = STYLE[kind]
+            ax.errorbar(sub["r1_mean"], sub["r2_mean"], xerr=sub["r1_se"], yerr=sub["r2_se"], fmt=marker, color=color,
+                        ms=7, label=name, ls="none")
+    ax.set(xlabel=f"mean {labels[0]} (normalised)", ylabel=f"mean {labels[1]} (normalised)",
+           title="Mixture-of-rewards grid vs L3M")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, png)

@@ -2,7 +2,9 @@
 
     python -m methods.cli data        --config CFG --out DIR --card JSON
     python -m methods.cli preferences --config CFG --out DIR --card JSON
+    python -m methods.cli contrast    --config CFG --data DIR --out DIR --card JSON
     python -m methods.cli base        --config CFG --data DIR --out DIR
+    python -m methods.cli reward-model --config CFG --name REWARD --init DIR --pairs DIR --data DIR --out DIR --card JSON
     python -m methods.cli train       --config CFG --method NAME --init DIR --data DIR --out DIR [--set JSON]
     python -m methods.cli generate    --config CFG --model DIR --data DIR --out JSONL
 
@@ -44,6 +46,34 @@ def cmd_preferences(a):
     card = build_preferences(_cfg(a.config)["preferences"], a.out)
     _copy(Path(a.out) / "data_card.json", a.card)
     print(card["counts"])
+
+
+def cmd_contrast(a):
+    from methods.core.data import build_contrast_pairs
+
+    card = build_contrast_pairs(_cfg(a.config)["contrast"], a.data, a.out)
+    _copy(Path(a.out) / "data_card.json", a.card)
+    print(card["counts"])
+
+
+def cmd_reward_model(a):
+    import json
+
+    from methods import reward_model
+    from methods.core.io import write_json
+    from methods.core.models import set_threads
+
+    cfg = _cfg(a.config)
+    set_threads(cfg["hardware"])
+    rec = reward_model.train(cfg, a.name, a.init, a.pairs, str(Path(a.data) / "val.jsonl"), a.out)
+    pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
+    write_json(a.card, {"reward": a.name, "pairs": pair_card, "trainer": "trl.RewardTrainer (Bradley-Terry)",
+                        "backbone": "the base model + a scalar head", "steps": rec["steps"],
+                        "heldout_pair_accuracy": rec["heldout"], "heldout_before_training": rec["heldout_before_training"],
+                        "train_subset_accuracy": rec["train_subset"], "normalisation": rec["normalisation"],
+                        "max_length": rec["max_length"], "wall_clock_s": rec.get("wall_clock_s"),
+                        "reward_model_config": cfg["reward_model"]})
+    print(f"reward model {a.name}: held-out accuracy {rec['heldout']['accuracy']:.3f}")
 
 
 def cmd_base(a):
@@ -106,7 +136,9 @@ def main(argv=None):
     for name, fn, args in [
         ("data", cmd_data, ["out", "card"]),
         ("preferences", cmd_preferences, ["out", "card"]),
+        ("contrast", cmd_contrast, ["data", "out", "card"]),
         ("base", cmd_base, ["data", "out"]),
+        ("reward-model", cmd_reward_model, ["name", "init", "pairs", "data", "out", "card"]),
         ("train", cmd_train, ["method", "init", "data", "out"]),
         ("generate", cmd_generate, ["model", "data", "out"]),
     ]:

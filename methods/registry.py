@@ -26,6 +26,10 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
         Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage"),
+        Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT"),
+        Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)"),
+        Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)"),
+        Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint"),
     ]
 }
 

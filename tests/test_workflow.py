@@ -28,13 +28,15 @@ def micro_run(tmp_path_factory):
 
 def test_dag_outputs_exist_and_are_sane(micro_run):
     out = micro_run / "results" / "micro"
-    for fig in ("fig1_barrier", "metrics", "fig2_length", "curves/l3m_len0", "curves/l3m_len1"):
+    for fig in ("fig1_barrier", "metrics", "fig2_length", "curves/l3m_len0", "curves/l3m_len1", "fig3_two_reward",
+                "pareto", "curves/l3m_pt0", "curves/mm_pt1"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 5000
     rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
     prov = json.loads((out / "tables" / "metrics.csv.run.json").read_text())
     assert prov["seed"] == 7 and prov["packages"]["torch"].startswith("2.13.0")
-    assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1"]
+    assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1", "l3m_pt0", "mm_pt0", "l3m_pt1",
+                                          "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
     for r in rows:
         nll, ppl = float(r["nll_mean"]), float(r["perplexity"])
         assert 0 < nll < 20 and math.isclose(ppl, math.exp(nll), rel_tol=1e-4)
@@ -56,6 +58,35 @@ def test_dag_outputs_exist_and_are_sane(micro_run):
     assert run_json["steps"] == 6 and run_json["config"]["sft"]["max_steps"] == 6
     assert (micro_run / "logs" / "micro" / "train_sft.log").exists()
     assert not list((micro_run / "resources" / "micro" / "models").glob("*.work"))  # checkpoints cleaned up
+
+
+def test_two_reward_experiment_outputs(micro_run):
+    """Figure 3's table: every model with both mean rewards, the constraint verdict matching the
+    numbers; the cost table from the benchmark files; a card per reward model."""
+    out = micro_run / "results" / "micro"
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "tables" / "two_reward.csv"))}
+    assert list(rows) == ["base", "sft", "l3m_pt0", "l3m_pt1", "mm_pt0", "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
+    points = [[0.0, 0.0], [-0.5, 0.5]]
+    for name, r in rows.items():
+        assert all(math.isfinite(float(r[k])) for k in ("r1_mean", "r1_se", "r2_mean", "r2_se", "nll_mean"))
+        if "_pt" in name:
+            b1, b2 = points[int(r["point"])]
+            met = float(r["r1_mean"]) >= b1 and float(r["r2_mean"]) >= b2
+            assert r["satisfied"] == str(met) and (float(r["b1"]), float(r["b2"])) == (b1, b2)
+    assert rows["mix0"]["weights"] == "1/0" and rows["mix1"]["weights"] == "0/1"
+    assert rows["mm_pt0"]["method"] == "mm" and rows["cpo"]["method"] == "cpo"
+    cost = list(csv.DictReader(open(out / "tables" / "cost.csv")))
+    assert len(cost) == 2
+    for r in cost:
+        assert math.isclose(float(r["sft_plus_mm_s"]), float(r["sft_s"]) + float(r["mm_s"]), rel_tol=1e-6)
+        assert float(r["l3m_s"]) > 0
+    for rm in ("rating", "coherence"):
+        card = json.loads((out / "data" / f"rm_{rm}_card.json").read_text())
+        assert 0 <= card["heldout_pair_accuracy"]["accuracy"] <= 1 and card["normalisation"]["std"] > 0
+        m = json.loads((out / "metrics" / "sft" / f"reward_{rm}.json").read_text())
+        assert m["unit"] == "std units of the reference set" and len(m["per_example"]) == 16
+    mm_log = [json.loads(x) for x in open(out / "train_logs" / "mm_pt0.jsonl")]
+    assert all(r["lambda[rating>=0]"] >= 0 for r in mm_log)
 
 
 def test_rerun_is_a_no_op(micro_run):

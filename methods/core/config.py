@@ -77,6 +77,32 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             errs.append(f"config.rewards.{name}.path: an hf_classifier reward needs a model folder or hub id")
         elif r["type"] == "hf_classifier" and check_paths:
             errs += _local_path_error(f"config.rewards.{name}.path", r["path"])
+        if r["type"] == "reward_model" and r.get("path"):
+            errs.append(f"config.rewards.{name}.path: a reward_model reward is trained by the DAG; for a ready "
+                        f"model folder or hub id use type: hf_classifier")
+    tw = cfg["experiments"]["two_reward"]
+    if tw["enabled"]:
+        for i, name in enumerate(tw["rewards"]):
+            if name not in rewards:
+                errs.append(f"config.experiments.two_reward.rewards[{i}]: {name!r} is not defined under config.rewards "
+                            f"(defined: {sorted(rewards)})")
+        if not tw["points"]:
+            errs.append("config.experiments.two_reward.points: the experiment is enabled but lists no constraint points")
+        elif tw["shade"] >= len(tw["points"]):
+            errs.append(f"config.experiments.two_reward.shade: {tw['shade']} but there are only {len(tw['points'])} points")
+    mix = cfg["mixture"]
+    n_mix = len(mix["rewards"] or tw["rewards"])
+    for i, w in enumerate(mix["weights"] + ([mix["weight"]] if mix["weight"] else [])):
+        f = f"config.mixture.weights[{i}]" if i < len(mix["weights"]) else "config.mixture.weight"
+        if len(w) != n_mix:
+            errs.append(f"{f}: {w} has {len(w)} weights for {n_mix} mixed rewards; give one weight per reward")
+        elif not any(w):
+            errs.append(f"{f}: all weights are 0; the mixture would optimise nothing but the KL")
+    for i, name in enumerate(mix["rewards"]):
+        if name not in rewards:
+            errs.append(f"config.mixture.rewards[{i}]: {name!r} is not defined under config.rewards")
+    if not cfg["dpo"]["pairs"]:
+        errs.append("config.dpo.pairs: name at least one pair set (preferences, contrast)")
     for i, name in enumerate(cfg["evaluation"]["rewards"]):
         if name not in rewards:
             errs.append(f"config.evaluation.rewards[{i}]: reward {name!r} is not defined under config.rewards "

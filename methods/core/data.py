@@ -150,9 +150,10 @@ def _conversations(cfg: dict) -> tuple[list, dict]:
 def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
     """Write train/val/test jsonl and data_card.json into ``out_dir``; return the card.
 
-    Conversations are shuffled with ``split_seed``; test and val take one random pair from each
-    of their conversations (diverse prompts), train takes every pair of the remaining ones,
-    subsampled to ``n_train``. chatterbot pairs, if enabled, join the train pool only.
+    Conversations are shuffled with ``split_seed``; test and val reserve ``n_test``/``n_val``
+    conversations each and draw that many pairs at random from all their pairs (so held-out pairs
+    follow the train distribution), train takes every pair of the remaining ones, subsampled to
+    ``n_train``. chatterbot pairs, if enabled, join the train pool only.
     """
     out_dir = Path(out_dir)
     convs, info = _conversations(cfg)
@@ -167,17 +168,21 @@ def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
         if not pairs:
             continue
         for split in ("test", "val"):
-            if len(pools[split]) < cfg[f"n_{split}"]:
-                pools[split].append(rng.choice(pairs))
+            if counts_conv[split] < cfg[f"n_{split}"]:
+                pools[split].extend(pairs)
                 counts_conv[split] += 1
                 break
         else:
             pools["train"].extend(pairs)
             counts_conv["train"] += 1
     for split in ("test", "val"):
-        if len(pools[split]) < cfg[f"n_{split}"]:
+        if counts_conv[split] < cfg[f"n_{split}"]:
             raise ValueError(f"data.n_{split}: asked for {cfg[f'n_{split}']} pairs, the source has only "
-                             f"{len(pools[split])} usable conversations; lower data.n_{split}")
+                             f"{counts_conv[split]} usable conversations; lower data.n_{split}")
+        # pairs drawn at random from the held-out conversations' pairs: the same distribution as train
+        # (long conversations contribute more pairs), so a constraint met on train prompts is checked
+        # on like prompts (one pair per conversation had shifted SFT's rating reward by 0.3 std)
+        pools[split] = rng.sample(pools[split], cfg[f"n_{split}"])
     if cfg.get("chatterbot"):
         for cid, conv, meta in chatterbot_conversations():
             pools["train"].extend(conversation_pairs(cid, conv, meta, cfg["context_turns"], cfg["max_chars"],
@@ -197,8 +202,9 @@ def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
         "context_turns": cfg["context_turns"],
         "max_chars": cfg["max_chars"],
         "split_seed": cfg["split_seed"],
-        "split_rule": "by conversation: shuffled with split_seed; test/val take one random pair per "
-                      "conversation; train takes every pair of the remaining conversations, subsampled to n_train",
+        "split_rule": "by conversation: shuffled with split_seed; test/val each reserve n conversations and "
+                      "draw n pairs at random from all their pairs (the train distribution); train takes every "
+                      "pair of the remaining conversations, subsampled to n_train",
         "counts": {s: len(pools[s]) for s in SPLITS},
         "conversations": counts_conv,
         "train_pool_before_subsampling": n_pool,
@@ -305,3 +311,39 @@ def to_conversational(rows: list[dict]) -> list[dict]:
     """Task rows as TRL's conversational prompt-completion format."""
     return [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows]
+
+
+def build_contrast_pairs(cfg: dict, task_dir: str | Path, out_dir: str | Path) -> dict:
+    """Preference pairs from real conversational structure: for a task pair (context -> reply), the
+    true reply is *chosen* and the reply of another conversation *rejected* (the coherence axis).
+
+    Train pairs come from the task train split, test pairs from the val split (held-out
+    conversations), so no test conversation is ever seen. The rejected reply is drawn with
+    ``seed`` from the same split, never from the same conversation and never an identical text.
+    """
+    task_dir, out_dir = Path(task_dir), Path(out_dir)
+    rng = random.Random(cfg["seed"])
+    splits = {}
+    for split, source, n in (("train", "train", cfg["n_train"]), ("test", "val", cfg["n_test"])):
+        rows = read_jsonl(task_dir / f"{source}.jsonl")
+        if len(rows) < 2:
+            raise ValueError(f"contrast: the task {source} split has {len(rows)} pairs; at least 2 are needed")
+        picked = rng.sample(rows, min(n, len(rows))) if n else list(rows)
+        pairs = []
+        for r in picked:
+            conv = r["id"].rsplit(":", 1)[0]
+            for _ in range(20):
+                o = rows[rng.randrange(len(rows))]
+                if o["id"].rsplit(":", 1)[0] != conv and o["response"].strip() != r["response"].strip():
+                    pairs.append({"id": f"{r['id']}>{o['id']}", "prompt": r["prompt"], "chosen": r["response"],
+                                  "rejected": o["response"], "source": "contrast", "margin": None})
+                    break
+        splits[split] = pairs
+    for s, rows in splits.items():
+        write_jsonl(out_dir / f"{s}.jsonl", rows)
+    card = {"source": "the task data (chitchat-dataset==0.9.0 conversations)", "licence": LICENCES["chitchat"],
+            "rule": build_contrast_pairs.__doc__.strip().split("\n\n")[0].replace("\n", " "),
+            "splits": {"train": "task train split", "test": "task val split (held-out conversations)"},
+            "counts": {s: len(r) for s, r in splits.items()}, "seed": cfg["seed"]}
+    write_json(out_dir / "data_card.json", card)
+    return card

@@ -175,16 +175,16 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", fo
     return model, tok
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, chat_template: bool = True):
     """The tokenizer of a model folder or hub id, set up as every model here uses it: left padding,
-    a pad token, and the project's chat template when the model has none."""
+    a pad token, and (``chat_template``) the project's chat template when the model has none."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if tok.chat_template is None:
+    if tok.chat_template is None and chat_template:
         tok.chat_template = CHAT_TEMPLATE
     return tok
 

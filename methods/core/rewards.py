@@ -53,44 +53,94 @@ class LengthReward(Reward):
         return torch.tensor(n, dtype=torch.float32)
 
 
+HH_FORMAT = "\n\nHuman: {prompt}\n\nAssistant: {response}"
+
+
+def rm_encode(tok, prompt: str, response: str, max_length: int) -> list[int]:
+    """Token ids a reward model scores, built one way for training (TRL RewardTrainer gets these ids)
+    and scoring. With a chat template: the chat-formatted (prompt, response) pair; without one
+    (e.g. GPT-2 HH reward models from the hub): Anthropic's "Human:/Assistant:" transcript.
+    Truncation rule: the most recent ``max_length`` tokens are kept (the response end survives,
+    the oldest context goes)."""
+    from .models import encode_pair
+
+    if getattr(tok, "chat_template", None):
+        ids = encode_pair(tok, prompt, response)[0]
+    else:
+        ids = tok(HH_FORMAT.format(prompt=prompt, response=response), add_special_tokens=True)["input_ids"]
+    return list(ids)[-max_length:]
+
+
+@torch.no_grad()
+def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Raw reward-model scores (logit 0 at the last real token) of id sequences, right-padded."""
+    from .logprobs import pad_right
+
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, att, _ = pad_right(seqs[i:i + batch_size], pad_id)
+        # HF's sequence-classification heads read the last non-pad token (config.pad_token_id must be set)
+        out.append(model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float().cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 class HFClassifierReward(Reward):
-    """A sequence-classification reward model (e.g. trained by TRL's RewardTrainer); logit 0 is the score."""
+    """A sequence-classification reward model (trained here by TRL's RewardTrainer, or a hub id);
+    logit 0 is the score, inputs built by ``rm_encode`` and truncated to the model's context."""
 
     unit = "reward-model units"
 
     def __init__(self, name: str, path: str, max_length: int = 512, normalize: bool = True,
-                 device: str = "cpu", batch_size: int = 32):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+                 device: str = "cpu", batch_size: int = 64):
+        from transformers import AutoModelForSequenceClassification
+
+        from .models import load_tokenizer
 
         self.name, self.path, self.batch_size, self.device = name, path, batch_size, device
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        p = Path(str(path))
+        if (str(path).startswith((".", "/", "resources")) or p.exists()) and not (p / "config.json").exists():
+            raise FileNotFoundError(f"reward {name!r}: model folder {path} is missing or incomplete (no config.json); "
+                                    f"rerun the rule that builds it")
+        self.tok = load_tokenizer(path, chat_template=False)
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(path)).to(device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tok.pad_token_id
         ctx = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, ctx)
         self.mean, self.std = 0.0, 1.0
-        norm = Path(path) / "reward_norm.json"
+        norm = p / "reward_norm.json"
         self.normalized = bool(normalize and norm.exists())
         if self.normalized:
             stats = json.loads(norm.read_text())
             self.mean, self.std = float(stats["mean"]), float(stats["std"]) or 1.0
             self.unit = "std units of the reference set"
 
-    @torch.no_grad()
     def score(self, prompts, responses, response_ids=None):
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            enc = self.tok(prompts[i:i + self.batch_size], responses[i:i + self.batch_size], truncation="longest_first",
-                           max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
-            out.append(self.model(**enc).logits[:, 0].float().cpu())
-        s = torch.cat(out) if out else torch.zeros(0)
+        seqs = [rm_encode(self.tok, p, r, self.max_length) for p, r in zip(prompts, responses)]
+        s = score_ids(self.model, seqs, self.tok.pad_token_id, self.batch_size)
         return (s - self.mean) / self.std
 
 
-def build_reward(name: str, spec: dict, tokenizer=None, device: str = "cpu") -> Reward:
+def reward_model_dir(cfg: dict, name: str) -> str:
+    """Where a ``reward_model`` reward lives: trained by the DAG into resources/<run>/models/rm_<name>."""
+    return f"resources/{cfg['name']}/models/rm_{name}"
+
+
+def build_reward(name: str, spec: dict, tokenizer=None, device: str = "cpu", cfg: dict | None = None) -> Reward:
+    """A reward from its config entry; ``cfg`` (the whole config) locates reward models trained here."""
     if spec["type"] == "length":
         return LengthReward(name, spec.get("unit", "tokens"), tokenizer)
-    if spec["type"] == "hf_classifier":
-        return HFClassifierReward(name, spec["path"], spec.get("max_length", 512), spec.get("normalize", True), device)
+    if spec["type"] in ("hf_classifier", "reward_model"):
+        path = spec.get("path")
+        if spec["type"] == "reward_model" and not path:
+            if cfg is None:
+                raise ValueError(f"reward {name!r}: a reward_model reward needs the run config to find its folder")
+            path = reward_model_dir(cfg, name)
+        return HFClassifierReward(name, path, spec.get("max_length", 512), spec.get("normalize", True), device)
     raise ValueError(f"rewards.{name}.type: unknown reward type {spec['type']!r}")
 
 

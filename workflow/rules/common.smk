@@ -36,9 +36,33 @@ if not Path(CONFIG_FILE).exists() or Path(CONFIG_FILE).read_text() != _text:
     Path(CONFIG_FILE).write_text(_text)
 
 LENGTH = CFG["experiments"]["length"]
-LENGTH_MODELS = [f"l3m_len{i}" for i in range(len(LENGTH["bands"]))] if LENGTH["enabled"] else []
-MODELS = CFG["evaluation"]["models"] + LENGTH_MODELS
+TWO = CFG["experiments"]["two_reward"]
+
+# Model variants: a model name -> (method, config overrides passed as --set). One L3M per length band
+# (Figure 2); per two-reward constraint point one L3M and one MM, and one mixture run per weight
+# vector (Figure 3). Plain methods (sft, dpo, cpo, ...) are trained under their own name.
+VARIANTS = {}
+if LENGTH["enabled"]:
+    for _i, _band in enumerate(LENGTH["bands"]):
+        VARIANTS[f"l3m_len{_i}"] = ("l3m", {"constraints": [{"reward": LENGTH["reward"], "band": _band}]})
+if TWO["enabled"]:
+    for _i, _pt in enumerate(TWO["points"]):
+        _cons = {"constraints": [{"reward": r, "bound": b, "direction": ">="} for r, b in zip(TWO["rewards"], _pt)]}
+        VARIANTS[f"l3m_pt{_i}"] = ("l3m", _cons)
+        if TWO["mm"]:
+            VARIANTS[f"mm_pt{_i}"] = ("mm", _cons)
+    if TWO["mixture"]:
+        for _j, _w in enumerate(CFG["mixture"]["weights"]):
+            VARIANTS[f"mix{_j}"] = ("mixture", {"mixture": {"weight": _w}})
+LENGTH_MODELS = [m for m in VARIANTS if m.startswith("l3m_len")]
+TWO_MODELS = ([m for m in VARIANTS if m.startswith(("l3m_pt", "mm_pt", "mix"))]
+              + [m for m in ("dpo", "cpo") if TWO["enabled"] and TWO[m]])
+MODELS = list(dict.fromkeys(CFG["evaluation"]["models"] + LENGTH_MODELS + (["base", "sft"] if TWO["enabled"] else [])
+                            + TWO_MODELS))
 REWARDS = CFG["evaluation"]["rewards"]
+RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] == "reward_model"]
+ON_POLICY = {"l3m", "mm"}
+PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
 TRAIN_THREADS = min(CFG["hardware"]["train_threads"], workflow.cores)
 
 
@@ -52,6 +76,30 @@ def model_dir(name):
     return f"{RES}/models/{name}"
 
 
+def pair_dir(name):
+    return f"{RES}/data/{name}"
+
+
+def reward_inputs(names):
+    """The reward-model folders the given rewards need (rules and hub models need none)."""
+    return [model_dir(f"rm_{n}") for n in dict.fromkeys(names) if n in RM_REWARDS]
+
+
+def method_inputs(method, overrides):
+    """What a training run reads besides its init model and the task data: reward models, pair sets."""
+    cfg = deep_merge(CFG, overrides)
+    if method in ON_POLICY:
+        return reward_inputs(c["reward"] for c in cfg["constraints"])
+    if method == "mixture":
+        return reward_inputs(cfg["mixture"]["rewards"] or TWO["rewards"])
+    if method == "dpo":
+        return [pair_dir(n) + "/train.jsonl" for n in cfg["dpo"]["pairs"]]
+    if method == "cpo":
+        return [pair_dir(cfg["cpo"][k]) + "/train.jsonl" for k in ("objective", "constraint")]
+    return []
+
+
 wildcard_constraints:
     model="[A-Za-z0-9_]+",
+    variant="[A-Za-z0-9_]+",
     reward="[A-Za-z0-9_]+",

@@ -32,3 +32,23 @@ rule preference_data:
         f"{BENCH}/preference_data.tsv"
     shell:
         "{ENV} {PY} -m methods.cli preferences --config {CONFIG_FILE} --out {params.out} --card {output.card} > {log} 2>&1"
+
+
+rule contrast_data:
+    """Pairs from conversational structure: the true reply vs another conversation's reply."""
+    input:
+        train=rules.task_data.output.train,
+        val=rules.task_data.output.val,
+    output:
+        train=f"{RES}/data/contrast/train.jsonl",
+        test=f"{RES}/data/contrast/test.jsonl",
+        card=f"{OUT}/data/contrast_card.json",
+    params:
+        fp=fingerprint("contrast", "data"),
+        data=f"{RES}/data/task",
+        out=f"{RES}/data/contrast",
+    log:
+        f"{LOG}/contrast_data.log",
+    shell:
+        "{ENV} {PY} -m methods.cli contrast --config {CONFIG_FILE} --data {params.data} --out {params.out} "
+        "--card {output.card} > {log} 2>&1"

@@ -1,70 +1,32 @@
-# Sampling on the test prompts, task perplexity, lengths, rewards, and the aggregate table.
+# Per model, one job: sampling on the test prompts, task perplexity, lengths and rewards; then the
+# aggregate table. (`python -m evaluation.cli perplexity|score` and `methods.cli generate` run the
+# steps one at a time.)
 
 
-rule generate:
+rule evaluate:
     input:
         model=model_dir("{model}"),
         test=rules.task_data.output.test,
+        rm=reward_inputs(REWARDS),
     output:
         samples=f"{OUT}/samples/{{model}}.jsonl",
         run=f"{OUT}/samples/{{model}}.jsonl.run.json",
+        perplexity=f"{OUT}/metrics/{{model}}/perplexity.json",
+        lengths=f"{OUT}/metrics/{{model}}/lengths.json",
+        rewards=[f"{OUT}/metrics/{{model}}/reward_{r}.json" for r in REWARDS],
     params:
-        fp=fingerprint("generation", "seed"),
+        fp=fingerprint("generation", "evaluation", "rewards", "seed"),
         data=f"{RES}/data/task",
+        rewards=",".join(REWARDS),
+        out=f"{OUT}/metrics/{{model}}",
     threads: 1
     log:
-        f"{LOG}/generate_{{model}}.log",
+        f"{LOG}/evaluate_{{model}}.log",
     benchmark:
-        f"{BENCH}/generate_{{model}}.tsv"
+        f"{BENCH}/evaluate_{{model}}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli generate --config {CONFIG_FILE} --model {input.model} "
-        "--data {params.data} --out {output.samples} > {log} 2>&1"
-
-
-rule perplexity:
-    input:
-        model=model_dir("{model}"),
-        test=rules.task_data.output.test,
-    output:
-        f"{OUT}/metrics/{{model}}/perplexity.json",
-    params:
-        fp=fingerprint("evaluation"),
-        data=f"{RES}/data/task",
-    threads: 1
-    log:
-        f"{LOG}/perplexity_{{model}}.log",
-    benchmark:
-        f"{BENCH}/perplexity_{{model}}.tsv"
-    shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli perplexity --config {CONFIG_FILE} --model {input.model} "
-        "--data {params.data} --out {output} > {log} 2>&1"
-
-
-rule lengths:
-    input:
-        rules.generate.output.samples,
-    output:
-        f"{OUT}/metrics/{{model}}/lengths.json",
-    log:
-        f"{LOG}/lengths_{{model}}.log",
-    shell:
-        "{ENV} {PY} -m evaluation.cli lengths --config {CONFIG_FILE} --samples {input} --out {output} > {log} 2>&1"
-
-
-rule reward:
-    input:
-        samples=rules.generate.output.samples,
-        model=model_dir("{model}"),
-    output:
-        f"{OUT}/metrics/{{model}}/reward_{{reward}}.json",
-    params:
-        fp=fingerprint("rewards"),
-    threads: 1
-    log:
-        f"{LOG}/reward_{{reward}}_{{model}}.log",
-    shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli reward --config {CONFIG_FILE} --name {wildcards.reward} "
-        "--samples {input.samples} --model {input.model} --out {output} > {log} 2>&1"
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --model {input.model} "
+        "--data {params.data} --rewards {params.rewards:q} --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
 rule aggregate:

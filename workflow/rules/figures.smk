@@ -63,3 +63,40 @@ rule training_curves:
     shell:
         "cp {input}/train_log.jsonl {output.log} && {ENV} {PY} -m evaluation.cli curves --config {CONFIG_FILE} "
         "--log {output.log} --out {output.png} > {log} 2>&1"
+
+
+rule two_reward:
+    """Figure 3, the Pareto figure and the two-reward table: L3Ms and MMs per constraint point, the
+    mixture grid, DPO and CPO, beside the initialisation model and SFT."""
+    input:
+        metrics=expand(f"{OUT}/metrics/{{model}}/{{m}}.json", model=["base", "sft"] + TWO_MODELS,
+                       m=["perplexity"] + [f"reward_{r}" for r in TWO["rewards"]]),
+        models=[model_dir(m) for m in TWO_MODELS],
+    output:
+        png=report(f"{FIG}/fig3_two_reward.png", category="Figures", caption="../report/fig3.rst"),
+        pdf=f"{FIG}/fig3_two_reward.pdf",
+        pareto=report(f"{FIG}/pareto.png", category="Figures", caption="../report/pareto.rst"),
+        pareto_pdf=f"{FIG}/pareto.pdf",
+        table=report(f"{OUT}/tables/two_reward.csv", category="Tables", caption="../report/fig3.rst"),
+    params:
+        out=OUT,
+        models=f"{RES}/models",
+    log:
+        f"{LOG}/two_reward.log",
+    shell:
+        "{ENV} {PY} -m evaluation.cli two-reward --config {CONFIG_FILE} --results {params.out} "
+        "--models-dir {params.models} --table {output.table} --out {output.png} --pareto {output.pareto} > {log} 2>&1"
+
+
+rule cost_table:
+    """The cost claim: L3M (one stage) against SFT + MM (two stages) per constraint point."""
+    input:
+        [model_dir(m) for m in ["sft"] + [v for v in VARIANTS if v.startswith(("l3m_pt", "mm_pt"))]],
+    output:
+        report(f"{OUT}/tables/cost.csv", category="Tables", caption="../report/cost.rst"),
+    params:
+        bench=BENCH,
+    log:
+        f"{LOG}/cost_table.log",
+    shell:
+        "{ENV} {PY} -m evaluation.cli cost --config {CONFIG_FILE} --bench {params.bench} --table {output} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule base_model:
     params:
         fp=fingerprint("data", "base_model", "seed"),
         data=f"{RES}/data/task",
-    threads: TRAIN_THREADS
+    threads: min(workflow.cores, max(TRAIN_THREADS, 2))  # nothing else can run while the base trains
     resources:
         mem_mb=8000,
         runtime=240,

@@ -1,5 +1,6 @@
-# One rule for every training method in methods/registry.py; a method starts from the model its
-# registry entry names (the base model or another method's output).
+# Training: one rule for every method of methods/registry.py under its own name (sft, dpo, cpo, ...),
+# one for the named variants of common.smk (l3m_len<i>, l3m_pt<i>, mm_pt<i>, mix<j>), and one per
+# reward model. A method starts from the model its registry entry names (base or sft).
 
 
 def init_model(wildcards):
@@ -11,12 +12,13 @@ rule train:
         init=init_model,
         train=rules.task_data.output.train,
         val=rules.task_data.output.val,
+        extra=lambda w: method_inputs(w.method, {}),
     output:
         directory(model_dir("{method}")),
     wildcard_constraints:
         method="|".join(METHODS),
     params:
-        fp=lambda w: fingerprint("data", w.method, "seed", "hardware", "constraints", "rewards"),
+        fp=lambda w: fingerprint("data", w.method, "seed", "hardware", "constraints", "rewards", "l3m"),
         data=f"{RES}/data/task",
     threads: TRAIN_THREADS
     resources:
@@ -31,27 +33,59 @@ rule train:
         "--init {input.init} --data {params.data} --out {output} > {log} 2>&1"
 
 
-rule train_l3m_length:
-    """Figure 2: one L3M per length band of experiments.length.bands, from the base model."""
+rule train_variant:
+    """A named variant: a method with config overrides (a length band, a constraint point, mixture weights)."""
     input:
-        init=model_dir("base"),
+        init=lambda w: model_dir(METHODS[VARIANTS[w.variant][0]].init_from),
         train=rules.task_data.output.train,
+        extra=lambda w: method_inputs(*VARIANTS[w.variant]),
     output:
-        directory(model_dir("l3m_len{band}")),
+        directory(model_dir("{variant}")),
     wildcard_constraints:
-        band="[0-9]+",
+        variant="|".join(VARIANTS) or "^$",
     params:
-        fp=lambda w: fingerprint("data", "l3m", "seed", "hardware", "rewards") + str(LENGTH["bands"][int(w.band)]),
+        fp=lambda w: fingerprint("data", "l3m", VARIANTS[w.variant][0], "seed", "hardware", "rewards")
+        + json.dumps(VARIANTS[w.variant][1], sort_keys=True),
         data=f"{RES}/data/task",
-        set=lambda w: json.dumps({"constraints": [{"reward": LENGTH["reward"], "band": LENGTH["bands"][int(w.band)]}]}),
+        method=lambda w: VARIANTS[w.variant][0],
+        set=lambda w: json.dumps(VARIANTS[w.variant][1]),
     threads: TRAIN_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
     log:
-        f"{LOG}/train_l3m_len{{band}}.log",
+        f"{LOG}/train_{{variant}}.log",
     benchmark:
-        f"{BENCH}/train_l3m_len{{band}}.tsv"
+        f"{BENCH}/train_{{variant}}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli train --config {CONFIG_FILE} --method l3m "
+        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli train --config {CONFIG_FILE} --method {params.method} "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
+
+
+rule reward_model:
+    """A Bradley-Terry reward model (TRL RewardTrainer) on its pair set, from the base model."""
+    input:
+        init=model_dir("base"),
+        pairs=lambda w: pair_dir(CFG["rewards"][w.reward]["pairs"]) + "/train.jsonl",
+        val=rules.task_data.output.val,
+    output:
+        model=directory(model_dir("rm_{reward}")),
+        card=f"{OUT}/data/rm_{{reward}}_card.json",
+    wildcard_constraints:
+        reward="|".join(RM_REWARDS) or "^$",
+    params:
+        fp=lambda w: fingerprint("reward_model", "seed", "hardware", "rewards"),
+        pairs=lambda w: pair_dir(CFG["rewards"][w.reward]["pairs"]),
+        data=f"{RES}/data/task",
+    threads: TRAIN_THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    log:
+        f"{LOG}/reward_model_{{reward}}.log",
+    benchmark:
+        f"{BENCH}/reward_model_{{reward}}.tsv"
+    shell:
+        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli reward-model --config {CONFIG_FILE} --name {wildcards.reward} "
+        "--init {input.init} --pairs {params.pairs} --data {params.data} --out {output.model} --card {output.card} "
+        "> {log} 2>&1"

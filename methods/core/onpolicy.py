@@ -1,0 +1,191 @@
+"""What the hand-written on-policy trainers (L3M, minimax) share: model and optimiser set-up,
+resumable state, the task mini-batch and its NLL, sampling from the current policy and scoring
+the samples, sequence log-probabilities, the training log, checkpoints and the atomic final save.
+
+Each trainer keeps only its own maths (the barrier multipliers, the dual ascent and KL).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+
+def sequences(tok, prompt_ids: list[list[int]], samples: list[dict], ctx: int):
+    """prompt + sampled response (+ EOS when the model ended its turn: the stop decision is what a
+    length constraint acts on), with the response marked as target."""
+    seqs, masks = [], []
+    for p, s in zip(prompt_ids, samples):
+        resp = s["response_ids"] + ([tok.eos_token_id] if s["finished"] else [])
+        p = p[-max(1, ctx - len(resp)):]
+        seqs.append(p + resp)
+        masks.append([0] * len(p) + [1] * len(resp))
+    return seqs, masks
+
+
+def seq_logprob(model, seqs, masks, pad_id, length_normalize: bool, device) -> torch.Tensor:
+    """Sum (or mean, ``length_normalize``) of the target tokens' log-probabilities per sequence."""
+    from methods.core.logprobs import pad_right, target_logprobs
+
+    ids, att, tgt = (t.to(device) for t in pad_right(seqs, pad_id, masks))
+    lp = target_logprobs(model, ids, att, tgt)
+    total = (lp * tgt).sum(-1)
+    return total / tgt.sum(-1).clamp(min=1) if length_normalize else total
+
+
+def constraint_scales(cfg: dict) -> dict:
+    """Per reward, what its constraints are divided by when normalised: None = |bound| (rules such
+    as length), 1.0 for rewards already in reference-std units (normalised reward models)."""
+    return {n: (1.0 if r["type"] != "length" and r.get("normalize", True) else None) for n, r in cfg["rewards"].items()}
+
+
+def clip_and_get(params, max_norm: float) -> tuple[list[torch.Tensor], float]:
+    """Clip the current gradients to ``max_norm``; return copies of them and the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params], norm
+
+
+class OnPolicyRun:
+    """One resumable on-policy run: ``section`` names the config block of the trainer."""
+
+    def __init__(self, cfg: dict, method: str, init_dir: str, out_dir: str, data_dir: str, *, steps: int,
+                 lr: float, warmup: float, reward_names: list[str], extra_state: dict):
+        from transformers import get_scheduler
+
+        from methods.core.generation import model_context
+        from methods.core.io import read_jsonl
+        from methods.core.models import load_model, prepare_work_dir
+        from methods.core.record import seed_everything
+        from methods.core.rewards import build_reward
+
+        self.t0 = time.time()
+        self.cfg, self.method, self.init_dir, self.steps = cfg, method, str(init_dir), steps
+        self.s = cfg["l3m"]  # sampling and task-batch settings shared by the on-policy trainers
+        seed_everything(cfg["seed"])
+        self.device = cfg["hardware"]["device"]
+        self.out_dir = Path(out_dir)
+        self.work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
+        self.model, self.tok = load_model(init_dir, device=self.device, for_training=True)
+        self.rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=self.tok, device=self.device, cfg=cfg)
+                        for n in dict.fromkeys(reward_names)}
+        self.rows = read_jsonl(Path(data_dir) / "train.jsonl")
+        self.ctx = min(model_context(self.model), self.s["max_length"])
+        self.gen = {"max_new_tokens": self.s["max_new_tokens"], "do_sample": True, "temperature": self.s["temperature"],
+                    "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"]}
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"])
+        warm = int(warmup * steps) if warmup < 1 else int(warmup)
+        self.sched = get_scheduler(self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
+        self.state = {"step": 0, "order": None, **extra_state}
+        self.rng = random.Random(cfg["seed"])
+        if (self.work / "state.pt").exists():  # resume
+            ck = torch.load(self.work / "state.pt", weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            self.state = ck["state"]
+            self.rng.setstate(ck["py_rng"])
+            torch.set_rng_state(ck["torch_rng"])
+        if self.state["order"] is None:
+            self.state["order"] = list(range(len(self.rows)))
+            self.rng.shuffle(self.state["order"])
+        self.log_path = self.work / "train_log.jsonl"
+        if self.log_path.exists():  # resumed: drop rows logged after the checkpoint (they are logged again)
+            kept = [x for x in open(self.log_path) if json.loads(x)["step"] < self.state["step"]]
+            self.log_path.write_text("".join(kept))
+        self.tb = _tensorboard(self.work / "tensorboard")
+
+    # -- one step's pieces ----------------------------------------------------------------------
+    def batch(self, step: int) -> list[dict]:
+        bs = self.s["batch_size"]
+        i0 = (step * bs) % len(self.rows)
+        return [self.rows[self.state["order"][(i0 + j) % len(self.rows)]] for j in range(bs)]
+
+    def task_loss(self, batch: list[dict]) -> torch.Tensor:
+        """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
+        from methods.core.models import encode_pair
+
+        pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in batch]
+        seqs = [ids[-self.ctx:] for ids, _ in pairs]
+        masks = [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs]
+        self.model.train()
+        lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+        if self.s["length_normalize"]:
+            return -lp.mean()
+        return -lp.sum() / sum(sum(m) for m in masks)
+
+    def sample_and_score(self, batch: list[dict], step: int):
+        """Samples of the current policy for the first ``sample_prompts`` prompts of the batch
+        (``samples_per_prompt`` each, adjacent) and every reward on them."""
+        from methods.core.generation import sample
+
+        prompts = [r["prompt"] for r in batch[: self.s["sample_prompts"]] for _ in range(self.s["samples_per_prompt"])]
+        samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step, progress=False)
+        texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
+        r_by = {n: rw(prompts, texts, ids).to(self.device) for n, rw in self.rewards.items()}
+        return prompts, samples, r_by
+
+    def sample_logprob(self, model, samples) -> torch.Tensor:
+        seqs, masks = sequences(self.tok, [x["prompt_ids"] for x in samples], samples, self.ctx)
+        return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+
+    def check_finite(self, step: int, values: dict) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"{self.method} step {step}: non-finite {bad}; the last checkpoint is kept "
+                                     f"in {self.work} and a rerun resumes from it")
+
+    def log(self, rec: dict) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for key, val in rec.items():
+                if key != "step":
+                    self.tb.add_scalar(key, val, rec["step"])
+
+    def should_log(self, step: int, every: int) -> bool:
+        return step % every == 0 or step + 1 == self.steps
+
+    def maybe_checkpoint(self, every: int) -> None:
+        from methods.core.io import atomic_path
+
+        if self.state["step"] % every == 0 and self.state["step"] < self.steps:
+            with atomic_path(self.work / "state.pt") as tmp:
+                torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                            "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
+                            "torch_rng": torch.get_rng_state()}, tmp)
+
+    def finish(self, **record) -> dict:
+        """Write the model, tokenizer, run record and training log into ``out_dir`` atomically."""
+        from methods.core.io import atomic_path, write_json
+        from methods.core.record import run_record
+
+        if self.tb is not None:
+            self.tb.close()
+        log = [json.loads(x) for x in open(self.log_path)] if self.log_path.exists() else []
+        rec = run_record(self.cfg, self.cfg["seed"], started=self.t0, method=self.method, init=self.init_dir,
+                         steps=self.state["step"], **record)
+        with atomic_path(self.out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tok.save_pretrained(tmp)
+            write_json(tmp / "l3m_run.json", rec)
+            if (self.work / "tensorboard").exists():
+                shutil.copytree(self.work / "tensorboard", tmp / "tensorboard")
+            with open(tmp / "train_log.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in log)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return rec
+
+
+def _tensorboard(path: Path):
+    """A TensorBoard writer when tensorboard is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))

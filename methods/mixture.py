@@ -1,0 +1,86 @@
+"""Mixture-of-rewards RLHF ("MORLHF"): from SFT, maximise sum_i w_i r_i with a KL penalty to the
+SFT model, one run per weight vector, the heuristic weighting L3M replaces (l3m-method.md 6).
+
+TRL's RLOOTrainer does the RL: REINFORCE with a leave-one-out baseline over the samples of a
+prompt, the same estimator L3M and MM use, with no critic (so the comparison differs in the
+objective, not in the variance reduction; GRPO's per-group std normalisation would rescale each
+prompt's rewards and blur the weights). The rewards are our reward interface wrapped as TRL
+reward functions; TRL's ``reward_weights`` forms the weighted sum.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from methods.core.data import to_conversational
+from methods.core.io import atomic_path, read_jsonl, write_json
+from methods.core.models import last_checkpoint, load_model, prepare_work_dir, trainer_hardware
+from methods.core.record import run_record, seed_everything
+
+
+def reward_func(reward, tok):
+    """Our reward as a TRL reward function (conversational or plain prompts/completions)."""
+    drop = {tok.eos_token_id, tok.pad_token_id}
+
+    def fn(prompts, completions, completion_ids=None, **kwargs):
+        p = [x[-1]["content"] if isinstance(x, list) else x for x in prompts]
+        c = [x[-1]["content"] if isinstance(x, list) else x for x in completions]
+        ids = None if completion_ids is None else [[t for t in list(i) if t not in drop] for i in completion_ids]
+        return reward(p, c, ids).tolist()
+
+    fn.__name__ = reward.name
+    return fn
+
+
+def mixture_rewards(cfg: dict) -> list[str]:
+    return cfg["mixture"]["rewards"] or cfg["experiments"]["two_reward"]["rewards"]
+
+
+def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
+    import datasets
+    from trl import RLOOConfig, RLOOTrainer
+
+    from methods.core.rewards import build_reward
+
+    t0 = time.time()
+    m = cfg["mixture"]
+    names = mixture_rewards(cfg)
+    weights = m["weight"] or m["weights"][0]
+    if len(weights) != len(names):
+        raise ValueError(f"mixture.weight: {weights} has {len(weights)} entries for {len(names)} rewards {names}")
+    seed_everything(cfg["seed"])
+    out_dir = Path(out_dir)
+    work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
+    device = cfg["hardware"]["device"]
+    model, tok = load_model(init_dir, device=device, for_training=True)
+    funcs = [reward_func(build_reward(n, cfg["rewards"][n], tokenizer=tok, device=device, cfg=cfg), tok) for n in names]
+    rows = read_jsonl(Path(data_dir) / "train.jsonl")
+    ds = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in to_conversational(rows)])
+    per_step = m["prompts_per_step"] * m["samples_per_prompt"]
+    args = RLOOConfig(
+        output_dir=str(work), max_steps=m["steps"], per_device_train_batch_size=per_step,
+        num_generations=m["samples_per_prompt"], max_completion_length=m["max_new_tokens"],
+        temperature=cfg["l3m"]["temperature"], top_k=0, top_p=1.0, learning_rate=m["lr"], beta=m["beta"],
+        reward_weights=[float(w) for w in weights], lr_scheduler_type="cosine", warmup_steps=0.05,
+        max_grad_norm=1.0, logging_steps=m["logging_steps"], logging_first_step=True, save_steps=m["save_steps"],
+        save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],
+        **trainer_hardware(cfg["hardware"]))
+    trainer = RLOOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok)
+    resumed = last_checkpoint(work)
+    trainer.train(resume_from_checkpoint=resumed)
+    log = trainer.state.log_history
+    record = run_record(cfg, cfg["seed"], started=t0, method="mixture", init=str(init_dir), resumed_from=resumed,
+                        steps=trainer.state.global_step, rewards=names, weights=list(weights),
+                        trainer="trl.RLOOTrainer", log_history=log)
+    with atomic_path(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "l3m_run.json", record)
+        with open(tmp / "train_log.jsonl", "w") as f:
+            import json
+
+            f.writelines(json.dumps({"step": h.get("step", i), **h}) + "\n" for i, h in enumerate(log) if "loss" in h)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return record
