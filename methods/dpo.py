@@ -5,12 +5,11 @@ sets), conversational prompt/chosen/rejected, so TRL applies the chat template.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from methods.core.io import atomic_path, read_jsonl, write_json
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, trainer_hardware
+from methods.core.io import read_jsonl
+from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.record import run_record, seed_everything
 
 
@@ -50,9 +49,4 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     record = run_record(cfg, cfg["seed"], started=t0, method="dpo", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, n_pairs=len(rows), pairs=d["pairs"],
                         log_history=trainer.state.log_history)
-    with atomic_path(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "l3m_run.json", record)
-    shutil.rmtree(work, ignore_errors=True)
-    return record
+    return save_trained(trainer.model, tok, out_dir, record, work)

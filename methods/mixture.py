@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from methods.core.data import to_conversational
-from methods.core.io import atomic_path, read_jsonl, write_json
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, trainer_hardware
+from methods.core.io import read_jsonl
+from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.record import run_record, seed_everything
 
 
@@ -72,15 +72,5 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     record = run_record(cfg, cfg["seed"], started=t0, method="mixture", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, rewards=names, weights=list(weights),
                         trainer="trl.RLOOTrainer", log_history=log)
-    with atomic_path(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "l3m_run.json", record)
-        with open(tmp / "train_log.jsonl", "w") as f:
-            import json
-
-            f.writelines(json.dumps({"step": h.get("step", i), **h}) + "\n" for i, h in enumerate(log) if "loss" in h)
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return record
+    steps = [{"step": h.get("step", i), **h} for i, h in enumerate(log) if "loss" in h]
+    return save_trained(trainer.model, tok, out_dir, record, work, jsonl_files={"train_log.jsonl": steps})

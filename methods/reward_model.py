@@ -10,12 +10,12 @@ so training and scoring see the same chat-formatted, left-truncated ids. After t
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from methods.core.io import atomic_path, read_jsonl, write_json
-from methods.core.models import last_checkpoint, load_tokenizer, prepare_work_dir, trainer_hardware
+from methods.core.io import read_jsonl
+from methods.core.models import (last_checkpoint, load_tokenizer, prepare_work_dir, save_trained,
+                                 trainer_hardware)
 from methods.core.record import run_record, seed_everything
 from methods.core.rewards import rm_encode, score_ids
 
@@ -76,10 +76,4 @@ def train(cfg: dict, name: str, init_dir: str, pairs_dir: str, reference: str, o
                         pairs=str(pairs_dir), resumed_from=resumed, steps=trainer.state.global_step,
                         max_length=max_length, heldout=acc, heldout_before_training=before,
                         train_subset=acc_train, normalisation=norm, log_history=trainer.state.log_history)
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "reward_norm.json", norm)
-        write_json(tmp / "l3m_run.json", record)
-    shutil.rmtree(work, ignore_errors=True)
-    return record
+    return save_trained(model, tok, out_dir, record, work, json_files={"reward_norm.json": norm})

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from methods.core.data import to_conversational
-from methods.core.io import atomic_path, read_jsonl, write_json
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, trainer_hardware
+from methods.core.io import read_jsonl
+from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.record import run_record, seed_everything
 
 
@@ -52,11 +52,4 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     trainer.train(resume_from_checkpoint=resumed)
     record = run_record(cfg, cfg["seed"], started=t0, method="sft", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, log_history=trainer.state.log_history)
-    with atomic_path(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_json(tmp / "l3m_run.json", record)
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return record
+    return save_trained(trainer.model, tok, out_dir, record, work)

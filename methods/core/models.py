@@ -274,3 +274,22 @@ def set_threads(hw: dict) -> None:
 
     n = hw.get("threads") or int(os.environ.get("L3M_THREADS", "0") or 0) or os.cpu_count()
     torch.set_num_threads(max(1, int(n)))
+
+
+def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json_files: dict | None = None,
+                 jsonl_files: dict | None = None) -> dict:
+    """The end of every trainer: weights, tokenizer, ``l3m_run.json`` (and any extra JSON/JSONL files)
+    written into ``out_dir`` atomically, then the checkpoint folder ``work`` removed."""
+    import json
+
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "l3m_run.json", record)
+        for name, obj in (json_files or {}).items():
+            write_json(tmp / name, obj)
+        for name, rows in (jsonl_files or {}).items():
+            with open(tmp / name, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    _rmtree(work)
+    return record
