@@ -4,6 +4,13 @@ Prompts are chat-formatted (methods.core.models.encode_pair), left-padded, and l
 that prompt + max_new_tokens fits the model's context (the documented truncation rule: the most
 recent context is kept). Batch b is sampled after ``torch.manual_seed(seed + b)``, so a run is
 reproducible whatever ran before it.
+
+Decoding is a plain loop over the model's forward with a KV cache (``decode``) rather than
+``model.generate``: the prompt pass computes logits for the last position only, finished rows
+are padded, and a token is drawn by inverse CDF: one uniform per row searched in the cumulative
+probabilities (an exact sample from p; ``torch.multinomial``, or a Gumbel/exponential race, draws a
+random number per vocabulary entry, which was 28% of sampling time on CPU). ``cache: static`` preallocates the cache
+(transformers' StaticCache) so that every decode step has the same shapes.
 """
 from __future__ import annotations
 
@@ -17,12 +24,66 @@ def model_context(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
 
 
-def generation_kwargs(gen: dict, tok) -> dict:
-    kw = {"max_new_tokens": gen["max_new_tokens"], "do_sample": gen["do_sample"],
-          "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
-    if gen["do_sample"]:
-        kw.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"] or None)
-    return kw
+def pick_tokens(logits: torch.Tensor, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+                top_k: int | None = 0) -> torch.Tensor:
+    """Next token per row of (B, V) logits: argmax when not sampling, else a sample from
+    softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
+    if not do_sample or temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        p_sorted, idx = probs.sort(dim=-1, descending=True)
+        drop = (p_sorted.cumsum(-1) - p_sorted) >= top_p  # keep the smallest prefix with mass >= top_p
+        probs = probs.scatter(-1, idx, p_sorted.masked_fill(drop, 0.0))
+    cdf = probs.cumsum(-1)  # inverse-CDF: one uniform per row (an exact sample; torch.multinomial and the
+    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]  # Gumbel race draw one per token)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+
+@torch.no_grad()
+def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, eos_id: int, pad_id: int,
+           do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = 0,
+           cache: str = "dynamic") -> torch.Tensor:
+    """Continue left-padded prompts ``ids`` (B, T) by up to ``max_new_tokens`` tokens. Returns (B, N)
+    new tokens; after a row's EOS its remaining positions hold ``pad_id``. Stops early once every
+    row has ended."""
+    from transformers.cache_utils import DynamicCache, StaticCache
+
+    B, T = ids.shape
+    dev = ids.device
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    if cache == "static":
+        kv = StaticCache(config=model.config, max_cache_len=T + max_new_tokens)
+        mask = torch.zeros((B, T + max_new_tokens), dtype=att.dtype, device=dev)
+        mask[:, :T] = att
+    elif cache == "dynamic":
+        kv, mask = DynamicCache(), att
+    else:
+        raise ValueError(f"generation.cache: '{cache}' is not one of dynamic, static")
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv, use_cache=True,
+                cache_position=torch.arange(T, device=dev), logits_to_keep=1)
+    step_pos = pos[:, -1:] + 1
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for t in range(max_new_tokens):
+        nxt = pick_tokens(out.logits[:, -1], do_sample, temperature, top_p, top_k)
+        nxt = nxt.masked_fill(done, pad_id)
+        tokens[:, t] = nxt
+        done |= nxt == eos_id
+        if t + 1 == max_new_tokens or bool(done.all()):
+            break
+        if cache == "static":
+            mask[:, T + t] = 1
+        else:
+            mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
+        out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=step_pos, past_key_values=kv,
+                    use_cache=True, cache_position=torch.tensor([T + t], device=dev))
+        step_pos = step_pos + 1
+    return tokens
 
 
 @torch.no_grad()
@@ -48,9 +109,10 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
             ids[i, T - len(e):] = torch.tensor(e)
             att[i, T - len(e):] = 1
         torch.manual_seed(seed + b)
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
-                              **generation_kwargs(gen, tok))
-        for i, row in enumerate(seqs[:, T:].tolist()):
+        new = decode(model, ids.to(device), att.to(device), gen["max_new_tokens"], eos_id=tok.eos_token_id,
+                     pad_id=tok.pad_token_id, do_sample=gen["do_sample"], temperature=gen["temperature"],
+                     top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"))
+        for i, row in enumerate(new.tolist()):
             finished = tok.eos_token_id in row
             toks = row[: row.index(tok.eos_token_id)] if finished else [t for t in row if t != tok.pad_token_id]
             out.append({"response": tok.decode(toks, skip_special_tokens=True).strip(), "response_ids": toks,

@@ -76,7 +76,8 @@ class OnPolicyRun:
         self.rows = read_jsonl(Path(data_dir) / "train.jsonl")
         self.ctx = min(model_context(self.model), self.s["max_length"])
         self.gen = {"max_new_tokens": self.s["max_new_tokens"], "do_sample": True, "temperature": self.s["temperature"],
-                    "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"]}
+                    "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"],
+                    "cache": cfg["generation"]["cache"]}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"])
         warm = int(warmup * steps) if warmup < 1 else int(warmup)

@@ -17,6 +17,7 @@ rule train:
         directory(model_dir("{method}")),
     wildcard_constraints:
         method="|".join(METHODS),
+    priority: 2  # SFT heads the longest chain (SFT -> MM, mixture, DPO, CPO -> evaluation): start it first
     params:
         fp=lambda w: fingerprint("data", w.method, "seed", "hardware", "constraints", "rewards", "l3m"),
         data=f"{RES}/data/task",
@@ -73,6 +74,7 @@ rule reward_model:
         card=f"{OUT}/data/rm_{{reward}}_card.json",
     wildcard_constraints:
         reward="|".join(RM_REWARDS) or "^$",
+    priority: 1  # every constraint-point model waits for the reward models
     params:
         fp=lambda w: fingerprint("reward_model", "seed", "hardware", "rewards"),
         pairs=lambda w: pair_dir(CFG["rewards"][w.reward]["pairs"]),
