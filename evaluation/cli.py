@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,7 +50,6 @@ def cmd_perplexity(a):
     from methods.core.models import load_model, set_threads
     from methods.core.record import run_record
 
-    t0 = time.time()
     cfg = _cfg(a.config)
     set_threads(cfg["hardware"])
     rows = read_jsonl(Path(a.data) / "test.jsonl")
@@ -61,7 +59,7 @@ def cmd_perplexity(a):
                        "per_example": {r["id"]: v for r, v in zip(rows, nll)},
                        "definition": "per example: mean NLL (nats/token) of the reference response given its "
                                      "chat-formatted prompt; summary over the test split",
-                       "run": run_record(cfg, cfg["seed"], started=t0, model=str(a.model))})
+                       "run": run_record(cfg, cfg["seed"], model=str(a.model))})
 
 
 def _lengths_doc(cfg, samples: list[dict], samples_path) -> dict:
@@ -94,7 +92,6 @@ def cmd_score(a):
     write_json(out / "lengths.json", _lengths_doc(cfg, samples, a.samples))
     prompts, texts, ids = ([s[k] for s in samples] for k in ("prompt", "response", "response_ids"))
     for name in [n for n in a.rewards.split(",") if n]:
-        t0 = time.time()
         spec = cfg["rewards"][name]
         tok = load_tokenizer(a.model) if spec["type"] == "length" else None
         reward = build_reward(name, spec, tokenizer=tok, device=cfg["hardware"]["device"], cfg=cfg)
@@ -102,7 +99,7 @@ def cmd_score(a):
         write_json(out / f"reward_{name}.json", {
             "metric": f"reward_{name}", "model": model, "reward": spec, "unit": reward.unit,
             "summary": summarize(scores), "per_example": scores.tolist(),
-            "run": run_record(cfg, cfg["seed"], started=t0, samples=str(a.samples))})
+            "run": run_record(cfg, cfg["seed"], samples=str(a.samples))})
 
 
 def cmd_evaluate(a):
@@ -174,7 +171,8 @@ def cmd_figure2(a):
         row, lengths[model] = _length_row(Path(a.results) / "samples" / f"{model}.jsonl",
                                           Path(a.results) / "metrics" / model / "perplexity.json", band)
         run = read_json(Path(a.models_dir) / model / "l3m_run.json")
-        rows.append({"model": model, **row, "train_wall_clock_s": run.get("wall_clock_s")})
+        rows.append({"model": model, **row, "train_feasible": run.get("feasible"),
+                     "train_wall_clock_s": run.get("wall_clock_s")})
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -246,7 +244,7 @@ def cmd_two_reward(a):
                "points_satisfied": " ".join(f"p{i}" for i in feasible),
                "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
                "weights": "/".join(f"{w:g}" for w in run["weights"]) if "weights" in run else "",
-               "train_wall_clock_s": run.get("wall_clock_s")}
+               "train_feasible": run.get("feasible"), "train_wall_clock_s": run.get("wall_clock_s")}
         rows.append(row)
     df = pd.DataFrame(rows)
     _write_table(df, a.table, cfg, extra={"reward_1": r1, "reward_2": r2, "points": points})

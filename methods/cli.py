@@ -16,7 +16,6 @@ import argparse
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,7 +108,6 @@ def cmd_generate(a):
     from methods.core.models import load_model, set_threads
     from methods.core.record import run_record
 
-    t0 = time.time()
     cfg = _cfg(a.config)
     set_threads(cfg["hardware"])
     rows = read_jsonl(Path(a.data) / "test.jsonl")
@@ -119,7 +117,7 @@ def cmd_generate(a):
     samples = sample(model, tok, [r["prompt"] for r in rows], cfg["generation"], cfg["seed"])
     write_jsonl(a.out, ({"id": r["id"], "prompt": r["prompt"], **{k: v for k, v in s.items() if k != "prompt_ids"}}
                         for r, s in zip(rows, samples)))
-    rec = run_record(cfg, cfg["seed"], started=t0, model=str(a.model), generation=cfg["generation"],
+    rec = run_record(cfg, cfg["seed"], model=str(a.model), generation=cfg["generation"],
                      n_samples=len(samples))
     write_json(str(a.out) + ".run.json", rec)
 
@@ -150,13 +148,18 @@ def main(argv=None):
             sp.add_argument("--set", default=None, help="JSON object merged into the config (a run variant)")
         sp.set_defaults(fn=fn)
     a = p.parse_args(argv)
+    from methods.core import preempt
     from methods.core.config import ConfigError
 
     try:
-        a.fn(a)
+        with preempt.handle_preemption():
+            a.fn(a)
     except ConfigError as e:
         print(e, file=sys.stderr)
         sys.exit(2)
+    except preempt.Preempted as e:
+        print(f"pre-empted: {e}", file=sys.stderr)
+        sys.exit(preempt.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from methods.core.io import read_jsonl
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything
 
 
@@ -44,8 +45,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],
         **trainer_hardware(cfg["hardware"]))
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    resumed = last_checkpoint(work)
-    trainer.train(resume_from_checkpoint=resumed)
+    resumed = run_trainer(trainer, work)
     record = run_record(cfg, cfg["seed"], started=t0, method="dpo", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, n_pairs=len(rows), pairs=d["pairs"],
                         log_history=trainer.state.log_history)

@@ -174,4 +174,5 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         bar.update(1)
     bar.close()
     return run.finish(constraints=[con.__dict__ for con in cons], final_C_hat=state["ema"].tolist(),
-                      final_mu=mu, final_lambda=lam.tolist())
+                      final_mu=mu, final_lambda=lam.tolist(),
+                      feasible=run.flag_feasible({con.name: v for con, v in zip(cons, state["ema"].tolist())}))

@@ -73,6 +73,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.opt.step()
         run.sched.step()
         state["lambda"] = dual_ascent(lam, c_batch, m["dual_lr"])
+        state["c_last"] = c_batch.tolist()
         state["step"] += 1
         if run.should_log(step, m["logging_steps"]):
             lengths = [x["n_tokens"] for x in samples]
@@ -89,4 +90,6 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.maybe_checkpoint(m["save_steps"])
         bar.update(1)
     bar.close()
-    return run.finish(constraints=[con.__dict__ for con in cons], final_lambda=state["lambda"].tolist())
+    last = {con.name: v for con, v in zip(cons, state.get("c_last") or [])}
+    return run.finish(constraints=[con.__dict__ for con in cons], final_lambda=state["lambda"].tolist(),
+                      final_C_batch=list(last.values()), feasible=run.flag_feasible(last) if last else None)

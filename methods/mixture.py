@@ -14,7 +14,8 @@ from pathlib import Path
 
 from methods.core.data import to_conversational
 from methods.core.io import read_jsonl
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything
 
 
@@ -66,8 +67,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],
         **trainer_hardware(cfg["hardware"]))
     trainer = RLOOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok)
-    resumed = last_checkpoint(work)
-    trainer.train(resume_from_checkpoint=resumed)
+    resumed = run_trainer(trainer, work)
     log = trainer.state.log_history
     record = run_record(cfg, cfg["seed"], started=t0, method="mixture", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, rewards=names, weights=list(weights),

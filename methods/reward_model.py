@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from methods.core.io import read_jsonl
-from methods.core.models import (last_checkpoint, load_tokenizer, prepare_work_dir, save_trained,
+from methods.core.models import (load_tokenizer, prepare_work_dir, save_trained,
                                  trainer_hardware)
+from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything
 from methods.core.rewards import rm_encode, score_ids
 
@@ -61,8 +62,7 @@ def train(cfg: dict, name: str, init_dir: str, pairs_dir: str, reference: str, o
         data_seed=cfg["seed"], report_to=[], disable_tqdm=False, **trainer_hardware(cfg["hardware"]))
     before = pair_accuracy(model, tok, test_pairs, max_length)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    resumed = last_checkpoint(work)
-    trainer.train(resume_from_checkpoint=resumed)
+    resumed = run_trainer(trainer, work)
     model = trainer.model
     acc = pair_accuracy(model, tok, test_pairs, max_length)
     acc_train = pair_accuracy(model, tok, train_pairs[:500], max_length)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from methods.core.data import to_conversational
 from methods.core.io import read_jsonl
-from methods.core.models import last_checkpoint, load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
+from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything
 
 
@@ -48,8 +49,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     val_ds = datasets.Dataset.from_list(to_conversational(val_rows))
     trainer = SFTTrainer(model=model, args=sft_config(cfg, work), train_dataset=train_ds,
                          eval_dataset=val_ds, processing_class=tok)
-    resumed = last_checkpoint(work)
-    trainer.train(resume_from_checkpoint=resumed)
+    resumed = run_trainer(trainer, work)
     record = run_record(cfg, cfg["seed"], started=t0, method="sft", init=str(init_dir), resumed_from=resumed,
                         steps=trainer.state.global_step, log_history=trainer.state.log_history)
     return save_trained(trainer.model, tok, out_dir, record, work)

@@ -119,3 +119,39 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert p.returncode != 0
     assert "config.constraints[0].band" in p.stdout + p.stderr
     assert not (tmp_path / "resources" / "micro" / "data").exists()
+
+
+def test_a_killed_dag_leaves_no_complete_looking_output_and_the_rerun_resumes(micro_run, tmp_path):
+    """SIGKILL to Snakemake and its training job (a node dying): the model folder never appears half
+    written, so Snakemake reruns the job, and the job resumes from its last checkpoint."""
+    import shutil
+    import signal
+    import time
+
+    import yaml
+
+    copy = tmp_path / "dag"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    cfg = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    cfg["l3m"].update(steps=40, save_steps=2)  # long enough to be killed part-way
+    cfg_path = tmp_path / "long.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    model = copy / "resources" / "micro" / "models" / "l3m_len0"
+    work = model.parent / "l3m_len0.work"
+    args = ["--cores", "1", "--configfile", str(cfg_path), "--directory", str(copy), str(model.relative_to(copy))]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen(SNAKEMAKE + args, cwd=copy, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not ((work / "state.pt").exists() and (work / "train_log.jsonl").exists()
+               and len((work / "train_log.jsonl").read_text().splitlines()) >= 5) and time.time() < deadline:
+        assert proc.poll() is None, "snakemake ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not model.exists() and (work / "state.pt").exists()
+    assert run(["--unlock"] + args, cwd=copy).returncode == 0  # a killed Snakemake leaves its lock (documented)
+    p = run(args, cwd=copy)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resuming from step" in (copy / "logs" / "micro" / "train_l3m_len0.log").read_text()
+    assert json.loads((model / "l3m_run.json").read_text())["steps"] == 40 and not work.exists()

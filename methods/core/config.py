@@ -4,6 +4,7 @@ each naming its field and what to do."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -15,7 +16,9 @@ class ConfigError(ValueError):
     """A config that cannot run. The message lists every problem, one per line, by field."""
 
 
+@functools.lru_cache(maxsize=1)
 def _schema() -> dict:
+    """The parsed schema (read once per process; the validators never modify it)."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 

@@ -19,7 +19,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from .io import read_jsonl, write_json, write_jsonl
+from .io import read_jsonl, scan_jsonl, write_json, write_jsonl
 
 SPLITS = ("train", "val", "test")
 
@@ -82,25 +82,60 @@ def chatterbot_conversations() -> list[tuple[str, list[tuple[str, str]], dict]]:
     return out
 
 
-def load_hf(hf: dict, field: str):
-    """``datasets`` rows from a hub id or from a local folder of jsonl/json/parquet files (same schema)."""
+def load_hf(hf: dict, field: str, required: tuple[tuple[str, ...], ...] = (), bad_rows: str = "error"):
+    """Rows from a hub id (``datasets``) or from a local folder of jsonl/json/parquet files (same schema).
+
+    Returns (rows, report). A row is *empty* when none of the ``required`` field sets is fully
+    present and non-empty; local jsonl lines that are not JSON objects are *malformed*. Both are
+    counted in the report (file:line or row index) and, per ``bad_rows``, rejected with an error
+    naming the first one (``error``) or skipped (``skip``)."""
     import datasets
 
     path = hf["path"]
     kwargs = {k: hf[k] for k in ("name", "data_dir") if hf.get(k)}
+    report = {"policy": bad_rows, "malformed": [], "empty": []}
     if Path(path).is_dir():
         files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
         if not files:
             raise FileNotFoundError(f"{field}: local folder {path} holds no .jsonl/.json/.parquet files")
-        kind = "parquet" if files[0].endswith(".parquet") else "json"
-        return datasets.load_dataset(kind, data_files=files, split="train")
-    return datasets.load_dataset(path, split=hf.get("split", "train"), **kwargs)
+        if all(f.endswith(".jsonl") for f in files):
+            rows = []
+            for f in files:
+                got, rep = scan_jsonl(f, bad_rows)
+                rows += got
+                report["malformed"] += [f"{f}:{i}" for i in rep["malformed"]]
+                report["empty"] += [f"{f}:{i}" for i in rep["empty"]]
+        else:
+            kind = "parquet" if files[0].endswith(".parquet") else "json"
+            rows = list(datasets.load_dataset(kind, data_files=files, split="train"))
+    else:
+        rows = list(datasets.load_dataset(path, split=hf.get("split", "train"), **kwargs))
+    kept = []
+    for i, row in enumerate(rows):
+        if required and not any(all(_filled(row.get(k)) for k in keys) for keys in required):
+            if bad_rows == "error":
+                raise ValueError(f"{field}: row {i} of {path} has none of the fields "
+                                 f"{' or '.join('/'.join(k) for k in required)} filled in ({sorted(row)}); fix the "
+                                 f"data or set bad_rows: skip in that config section to skip (and count) such rows")
+            report["empty"].append(f"row {i}")
+            continue
+        kept.append(row)
+    if report["malformed"] or report["empty"]:
+        print(f"{field}: skipped {len(report['malformed'])} malformed and {len(report['empty'])} empty rows of "
+              f"{path} (bad_rows: skip); listed in the data card")
+    return kept, {**report, "n_malformed": len(report["malformed"]), "n_empty": len(report["empty"]),
+                  "n_kept": len(kept)}
 
 
-def hf_conversations(hf: dict) -> list[tuple[str, list[tuple[str, str]], dict]]:
-    """Hub id or local folder with a ``messages`` column (UltraChat) or ``prompt``/``response``."""
+def _filled(v) -> bool:
+    return v is not None and (not isinstance(v, (str, list)) or len(v) > 0) and (not isinstance(v, str) or v.strip())
+
+
+def hf_conversations(hf: dict) -> tuple[list[tuple[str, list[tuple[str, str]], dict]], dict]:
+    """Hub id or local folder with a ``messages`` column (UltraChat) or ``prompt``/``response``;
+    returns the conversations and the bad-row report."""
     path = hf["path"]
-    ds = load_hf(hf, "data.hf.path")
+    ds, report = load_hf(hf, "data.hf.path", (("messages",), ("prompt", "response")), hf.get("bad_rows", "error"))
     out = []
     for i, row in enumerate(ds):
         cid = str(row.get("prompt_id") or row.get("id") or i)
@@ -112,7 +147,7 @@ def hf_conversations(hf: dict) -> list[tuple[str, list[tuple[str, str]], dict]]:
             raise ValueError(f"data.hf: rows of {path} need a 'messages' column or 'prompt'/'response' columns; "
                              f"got {sorted(row)}")
         out.append((f"{cid}", conv, {}))
-    return out
+    return out, report
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,9 +174,10 @@ def _conversations(cfg: dict) -> tuple[list, dict]:
         convs = [(c, t, m, "chitchat") for c, t, m in chitchat_conversations()]
         info = {"source": "chitchat-dataset==0.9.0 (PyPI)", "licence": LICENCES["chitchat"]}
     elif src == "hf":
-        convs = [(c, t, m, "hf") for c, t, m in hf_conversations(cfg["hf"])]
+        convs, bad = hf_conversations(cfg["hf"])
+        convs = [(c, t, m, "hf") for c, t, m in convs]
         info = {"source": f"datasets.load_dataset({cfg['hf']['path']!r})",
-                "licence": cfg["hf"].get("licence", "see the dataset card of the source")}
+                "licence": cfg["hf"].get("licence", "see the dataset card of the source"), "bad_rows": bad}
     else:  # guarded by the schema
         raise ValueError(f"data.source: unknown source {src!r}")
     return convs, info
@@ -271,9 +307,10 @@ def _split_hh(text: str) -> tuple[str, str]:
     return text[:i], text[i + len(key):].strip()
 
 
-def hf_preferences(cfg: dict) -> list[dict]:
-    """Anthropic HH-style rows ({"chosen", "rejected"} transcripts) from a hub id or local folder."""
-    ds = load_hf(cfg["hf"], "preferences.hf.path")
+def hf_preferences(cfg: dict) -> tuple[list[dict], dict]:
+    """Anthropic HH-style rows ({"chosen", "rejected"} transcripts) from a hub id or local folder;
+    returns the pairs and the bad-row report."""
+    ds, bad = load_hf(cfg["hf"], "preferences.hf.path", (("chosen", "rejected"),), cfg["hf"].get("bad_rows", "error"))
     pairs = []
     for i, row in enumerate(ds):
         pc, chosen = _split_hh(row["chosen"])
@@ -283,7 +320,7 @@ def hf_preferences(cfg: dict) -> list[dict]:
         prompt = pc.replace("\n\nHuman:", "\nHuman:").replace("\n\nAssistant:", "\nAssistant:").strip()
         pairs.append({"id": f"hh-{i}", "prompt": prompt[-cfg["max_chars"] * 4:], "chosen": chosen[: cfg["max_chars"]],
                       "rejected": rejected[: cfg["max_chars"]], "source": "hf", "margin": None})
-    return pairs
+    return pairs, bad
 
 
 def build_preferences(cfg: dict, out_dir: str | Path) -> dict:
@@ -293,9 +330,9 @@ def build_preferences(cfg: dict, out_dir: str | Path) -> dict:
         info = {"source": "chitchat-dataset==0.9.0 human ratings", "licence": LICENCES["chitchat"],
                 "rule": chitchat_preferences.__doc__.strip().split("\n\n")[1].strip()}
     else:
-        pairs = hf_preferences(cfg)
+        pairs, bad = hf_preferences(cfg)
         info = {"source": f"datasets.load_dataset({cfg['hf']['path']!r})",
-                "licence": cfg["hf"].get("licence", "see the dataset card of the source")}
+                "licence": cfg["hf"].get("licence", "see the dataset card of the source"), "bad_rows": bad}
     rng = random.Random(cfg["split_seed"] + 1)
     rng.shuffle(pairs)
     n_test = min(cfg["n_test"], len(pairs) // 5)

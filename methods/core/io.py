@@ -67,3 +67,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: malformed jsonl row ({e.msg})") from e
     return rows
+
+
+def scan_jsonl(path: str | os.PathLike, on_bad: str = "error") -> tuple[list[dict], dict]:
+    """Read a user-supplied jsonl file, counting bad lines instead of stopping at the first.
+
+    Malformed lines (not JSON, or not a JSON object) and blank lines are listed by line number in
+    the returned report. ``on_bad="error"`` raises on the first of them, naming file and line;
+    ``"skip"`` leaves them out. Either way nothing is dropped without being counted."""
+    rows, report = [], {"file": str(path), "malformed": [], "empty": []}
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            kind = None
+            if not line.strip():
+                kind = "empty"
+            else:
+                try:
+                    obj = json.loads(line)
+                    kind = None if isinstance(obj, dict) else "malformed"
+                except json.JSONDecodeError:
+                    kind = "malformed"
+            if kind is None:
+                rows.append(obj)
+                continue
+            if on_bad == "error":
+                raise ValueError(f"{path}:{i}: {kind} jsonl row; fix the file or set bad_rows: skip in the data "
+                                 f"section of the config to skip (and count) such rows")
+            report[kind].append(i)
+    return rows, report

@@ -96,7 +96,9 @@ def pretrain_base(cfg: dict, texts: list[str], out_dir: str | Path, hardware: di
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    trainer.train(resume_from_checkpoint=last_checkpoint(work))
+    from methods.core.preempt import run_trainer
+
+    run_trainer(trainer, work)
     with atomic_path(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -168,8 +170,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", fo
     if (str(path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
         raise FileNotFoundError(f"model folder {path} is missing or incomplete (no config.json); "
                                 f"rerun the rule that builds it")
-    tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    try:
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    except Exception as e:  # safetensors, json and config errors: all mean the folder cannot be used
+        if not p.exists():
+            raise
+        raise RuntimeError(f"model folder {path} is corrupt or incomplete ({type(e).__name__}: {str(e)[:200]}); "
+                           f"delete it and rerun the rule that builds it") from e
     model.to(device)
     model.train(for_training)
     return model, tok
@@ -226,7 +234,7 @@ def trainer_hardware(hw: dict) -> dict:
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu,
+    return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu, "full_determinism": bool(hw.get("deterministic")),
             ckpt: bool(hw["gradient_checkpointing"]) and not cpu, "dataloader_num_workers": 0}
 
 
@@ -274,6 +282,12 @@ def set_threads(hw: dict) -> None:
 
     n = hw.get("threads") or int(os.environ.get("L3M_THREADS", "0") or 0) or os.cpu_count()
     torch.set_num_threads(max(1, int(n)))
+    if hw.get("deterministic"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json_files: dict | None = None,

@@ -7,7 +7,6 @@ Each trainer keeps only its own maths (the barrier multipliers, the dual ascent 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -51,7 +50,12 @@ def clip_and_get(params, max_norm: float) -> tuple[list[torch.Tensor], float]:
 
 
 class OnPolicyRun:
-    """One resumable on-policy run: ``section`` names the config block of the trainer."""
+    """One resumable on-policy run: ``section`` names the config block of the trainer.
+
+    ``step_hooks``: callables ``hook(run)`` called at the end of every step (the speed benchmark
+    times steps with them); ``run.stats`` holds the step's token counts and sampling time."""
+
+    step_hooks: list = []
 
     def __init__(self, cfg: dict, method: str, init_dir: str, out_dir: str, data_dir: str, *, steps: int,
                  lr: float, warmup: float, reward_names: list[str], extra_state: dict):
@@ -92,6 +96,7 @@ class OnPolicyRun:
             self.state = ck["state"]
             self.rng.setstate(ck["py_rng"])
             torch.set_rng_state(ck["torch_rng"])
+            print(f"{method}: resuming from step {self.state['step']} (checkpoint in {self.work})", flush=True)
         if self.state["order"] is None:
             self.state["order"] = list(range(len(self.rows)))
             self.rng.shuffle(self.state["order"])
@@ -100,6 +105,7 @@ class OnPolicyRun:
             kept = [x for x in open(self.log_path) if json.loads(x)["step"] < self.state["step"]]
             self.log_path.write_text("".join(kept))
         self.tb = _tensorboard(self.work / "tensorboard")
+        self.stats = {}
 
     # -- one step's pieces ----------------------------------------------------------------------
     def batch(self, step: int) -> list[dict]:
@@ -115,6 +121,7 @@ class OnPolicyRun:
         seqs = [ids[-self.ctx:] for ids, _ in pairs]
         masks = [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs]
         self.model.train()
+        self.stats["task_tokens"] = sum(map(len, seqs))
         lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
         if self.s["length_normalize"]:
             return -lp.mean()
@@ -126,20 +133,27 @@ class OnPolicyRun:
         from methods.core.generation import sample
 
         prompts = [r["prompt"] for r in batch[: self.s["sample_prompts"]] for _ in range(self.s["samples_per_prompt"])]
+        t0 = time.perf_counter()
         samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step, progress=False)
+        self.stats.update(sample_s=time.perf_counter() - t0, sampled_tokens=sum(x["n_tokens"] for x in samples))
         texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
-        r_by = {n: rw(prompts, texts, ids).to(self.device) for n, rw in self.rewards.items()}
+        try:
+            r_by = {n: rw(prompts, texts, ids).to(self.device) for n, rw in self.rewards.items()}
+        except FloatingPointError as e:  # a NaN/inf reward names its sample; say what is kept
+            raise FloatingPointError(f"{self.method} step {step}: {e}; the last checkpoint is kept in {self.work} "
+                                     f"and a rerun resumes from it") from e
         return prompts, samples, r_by
 
     def sample_logprob(self, model, samples) -> torch.Tensor:
         seqs, masks = sequences(self.tok, [x["prompt_ids"] for x in samples], samples, self.ctx)
+        self.stats["sample_train_tokens"] = sum(map(len, seqs))
         return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
 
     def check_finite(self, step: int, values: dict) -> None:
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            raise FloatingPointError(f"{self.method} step {step}: non-finite {bad}; the last checkpoint is kept "
-                                     f"in {self.work} and a rerun resumes from it")
+        from methods.core.preempt import require_finite
+
+        require_finite(f"{self.method} step {step}", values,
+                       f"the last checkpoint is kept in {self.work} and a rerun resumes from it")
 
     def log(self, rec: dict) -> None:
         with open(self.log_path, "a") as f:
@@ -153,13 +167,35 @@ class OnPolicyRun:
         return step % every == 0 or step + 1 == self.steps
 
     def maybe_checkpoint(self, every: int) -> None:
+        """At the end of a step: a checkpoint every ``every`` steps, and on pre-emption (SIGTERM) a
+        checkpoint and then ``Preempted``."""
+        from methods.core import preempt
+
+        for hook in self.step_hooks:
+            hook(self)
+        stop = preempt.requested() and self.state["step"] < self.steps
+        if (self.state["step"] % every == 0 and self.state["step"] < self.steps) or stop:
+            self.save_checkpoint()
+        if stop:
+            raise preempt.Preempted(f"{self.method} stopped after step {self.state['step']}; checkpoint in "
+                                    f"{self.work}; rerun to resume")
+
+    def save_checkpoint(self) -> None:
         from methods.core.io import atomic_path
 
-        if self.state["step"] % every == 0 and self.state["step"] < self.steps:
-            with atomic_path(self.work / "state.pt") as tmp:
-                torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                            "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
-                            "torch_rng": torch.get_rng_state()}, tmp)
+        with atomic_path(self.work / "state.pt") as tmp:
+            torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                        "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
+                        "torch_rng": torch.get_rng_state()}, tmp)
+
+    def flag_feasible(self, estimates: dict) -> bool:
+        """Whether every constraint estimate is met (<= 0) at the end. An infeasible run is not an
+        error: it finishes, says so here and is flagged ``feasible: false`` in its run record."""
+        unmet = {k: round(v, 4) for k, v in estimates.items() if v > 0}
+        if unmet:
+            print(f"{self.method}: constraints not met at the end of training {unmet} (> 0 is violated); "
+                  f"the run is flagged feasible: false")
+        return not unmet
 
     def finish(self, **record) -> dict:
         """Write the model, tokenizer, run record and training log into ``out_dir`` atomically."""

@@ -47,7 +47,11 @@ def device_name() -> str:
 
 
 def run_record(config: dict, seed: int | None, started: float | None = None, **extra) -> dict:
-    """The provenance block stored in every result file and beside every model."""
+    """The provenance block stored in every result file and beside every model.
+
+    Timing (``created``, ``wall_clock_s``) is recorded only when ``started`` is given: model run
+    records carry it; metrics, samples and tables do not, so that a rerun with the same config and
+    seed reproduces them byte for byte (their wall-clock is in the rules' benchmark files)."""
     rec = {
         "config": config,
         "seed": seed,
@@ -55,9 +59,9 @@ def run_record(config: dict, seed: int | None, started: float | None = None, **e
         "packages": package_versions(),
         "python": platform.python_version(),
         "device": device_name(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if started is not None:
+        rec["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         rec["wall_clock_s"] = round(time.time() - started, 3)
     rec.update(extra)
     return rec
