@@ -105,6 +105,7 @@ def bench_config(args) -> dict:
                 "max_new_tokens": args.new_tokens, "save_steps": 10**6, "logging_steps": 10**6, "mu_every": 10**6},
         "mm": {"steps": steps, "save_steps": 10**6, "logging_steps": 10**6},
         "generation": {"cache": args.cache},
+        "experiments": {"length": {"enabled": False}, "two_reward": {"enabled": False}},  # not run here
     }), check_paths=False)
 
 

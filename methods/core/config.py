@@ -141,7 +141,7 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             errs.append(f"{f}: [{lo}, {hi}] has a negative bound; a length band is [lo, hi] with 0 <= lo <= hi")
         elif lo > hi:
             errs.append(f"{f}: lo {lo} > hi {hi}; write the band as [lo, hi] with lo <= hi")
-        elif hi >= cfg["l3m"]["max_new_tokens"]:
+        elif lx["enabled"] and hi >= cfg["l3m"]["max_new_tokens"]:
             errs.append(f"{f}: hi {hi} must be below l3m.max_new_tokens {cfg['l3m']['max_new_tokens']} "
                         f"(sampling could not show a violation)")
     l3 = cfg["l3m"]

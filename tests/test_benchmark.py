@@ -1,0 +1,18 @@
+"""The speed benchmark runs end to end (tiny settings; its figures are not asserted, only sane)."""
+import json
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def test_step_bench_runs_every_method_and_writes_ratios(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "step_bench.py"), "--out", str(tmp_path), "--threads", "1",
+           "--steps", "1", "--warmup", "1", "--prompts", "2", "--samples", "2", "--new-tokens", "6", "--band", "1", "3"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "step_bench.json").read_text())
+    assert [r["method"] for r in doc["methods"]] == ["l3m", "rloo", "grpo", "mm"]
+    for r in doc["methods"]:
+        assert r["step_s_median"] > 0 and r["peak_mem_mb"] > 100 and 0 < r["mean_sampled_len"] <= 6
+    assert doc["ratios"]["l3m_over_rloo_step"] > 0 and "| l3m |" in (tmp_path / "step_bench.md").read_text()
