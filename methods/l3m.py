@@ -129,10 +129,11 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         _, samples, r_by = run.sample_and_score(batch, step)  # 2. samples of the current policy, rewards
         # 3. constraint values (k, n), their EMA estimates and the multipliers
         g = torch.stack([con.value(r_by[con.reward]) for con in cons])
-        c_batch = g.mean(-1).detach()
+        c_batch = run.global_mean(g.mean(-1).detach())  # the estimate over the global batch
         state["ema"] = ema_update(state["ema"], c_batch.cpu(), c["ema"])
         c_hat = state["ema"]
         lam = multipliers(c_hat, mu, s).float()
+        run.stats.update(c_batch=c_batch.tolist(), c_hat=c_hat.tolist(), lam=lam.tolist())
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
         base = loo_baseline(g, c["samples_per_prompt"]) if c["baseline"] == "loo" else (
@@ -142,12 +143,15 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":
             (task_loss + barrier_loss).backward()
+            run.sync_grads()
             norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(run.params, c["max_grad_norm"]).item()}
         else:
             task_loss.backward()
+            run.sync_grads()
             g_task, n_task = clip_and_get(run.params, c["max_grad_norm"])
             run.opt.zero_grad(set_to_none=True)
             barrier_loss.backward()
+            run.sync_grads()
             g_bar, n_bar = clip_and_get(run.params, c["barrier_max_norm"] or c["max_grad_norm"])
             for p, a, b in zip(run.params, g_task, g_bar):
                 p.grad = a + b
@@ -157,17 +161,18 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.sched.step()
         state["step"] += 1
         if run.should_log(step, c["logging_steps"]):
-            lengths = [x["n_tokens"] for x in samples]
-            rec = {"step": step, "mu": mu, "s": s, "task_loss": task_loss.item(),
+            lengths = torch.tensor([float(x["n_tokens"]) for x in samples], dtype=torch.float64)
+            rec = {"step": step, "mu": mu, "s": s, "task_loss": run.global_mean(task_loss.detach()).item(),
                    "barrier": barrier_value(c_hat, mu, s), "lr": run.sched.get_last_lr()[0],
-                   "mean_length": sum(lengths) / len(lengths),
-                   "frac_finished": sum(x["finished"] for x in samples) / len(samples), **norms}
+                   "mean_length": run.global_mean(lengths.mean()).item(),
+                   "frac_finished": run.global_mean(torch.tensor([float(x["finished"]) for x in samples], dtype=torch.float64).mean()).item(),
+                   **norms}
             for i, con in enumerate(cons):
                 rec[f"C_batch[{con.name}]"] = c_batch[i].item()
                 rec[f"C_hat[{con.name}]"] = c_hat[i].item()
                 rec[f"lambda[{con.name}]"] = lam[i].item()
             for n, r in r_by.items():
-                rec[f"reward[{n}]"] = r.float().mean().item()
+                rec[f"reward[{n}]"] = run.global_mean(r.float().mean()).item()
             run.log(rec)
             bar.set_postfix(loss=f"{rec['task_loss']:.3f}", len=f"{rec['mean_length']:.1f}", mu=f"{mu:.3g}")
         run.maybe_checkpoint(c["save_steps"])

@@ -56,7 +56,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         task_loss = run.task_loss(batch) if m["task_weight"] > 0 else torch.zeros((), device=run.device)
         _, samples, r_by = run.sample_and_score(batch, step)
         g = torch.stack([con.value(r_by[con.reward]) for con in cons])  # (k, n), <= 0 when satisfied
-        c_batch = g.mean(-1).detach().cpu()
+        c_batch = run.global_mean(g.mean(-1).detach()).cpu()  # over the global batch
         logp = run.sample_logprob(run.model, samples)
         if ref is not None:
             with torch.no_grad():
@@ -68,6 +68,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         pg_loss = pg_surrogate(logp, cost, base).sum()
         run.opt.zero_grad(set_to_none=True)
         (m["task_weight"] * task_loss + pg_loss).backward()
+        run.sync_grads()
         gnorm = torch.nn.utils.clip_grad_norm_(run.params, m["max_grad_norm"]).item()
         run.check_finite(step, {"grad_norm": gnorm, "task_loss": task_loss.item()})
         run.opt.step()

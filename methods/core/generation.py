@@ -25,9 +25,13 @@ def model_context(model) -> int:
 
 
 def pick_tokens(logits: torch.Tensor, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
-                top_k: int | None = 0) -> torch.Tensor:
+                top_k: int | None = 0, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Next token per row of (B, V) logits: argmax when not sampling, else a sample from
-    softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
+    softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus.
+
+    ``rows = (offset, total)``: these B rows are rows offset..offset+B of a batch of ``total`` split
+    across processes; the uniforms are drawn for the whole batch and sliced, so each row gets the
+    number it would get unsplit (a 2-rank run samples what a 1-process run samples)."""
     if not do_sample or temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -39,15 +43,17 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool = True, temperature: float
         p_sorted, idx = probs.sort(dim=-1, descending=True)
         drop = (p_sorted.cumsum(-1) - p_sorted) >= top_p  # keep the smallest prefix with mass >= top_p
         probs = probs.scatter(-1, idx, p_sorted.masked_fill(drop, 0.0))
-    cdf = probs.cumsum(-1)  # inverse-CDF: one uniform per row (an exact sample; torch.multinomial and the
-    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]  # Gumbel race draw one per token)
+    # inverse CDF: one uniform per row (an exact sample; torch.multinomial and the Gumbel race draw one per token)
+    cdf = probs.cumsum(-1)
+    off, total = rows or (0, cdf.shape[0])
+    u = torch.rand((total, 1), device=cdf.device)[off:off + cdf.shape[0]] * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, eos_id: int, pad_id: int,
            do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = 0,
-           cache: str = "dynamic") -> torch.Tensor:
+           cache: str = "dynamic", rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Continue left-padded prompts ``ids`` (B, T) by up to ``max_new_tokens`` tokens. Returns (B, N)
     new tokens; after a row's EOS its remaining positions hold ``pad_id``. Stops early once every
     row has ended."""
@@ -70,7 +76,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for t in range(max_new_tokens):
-        nxt = pick_tokens(out.logits[:, -1], do_sample, temperature, top_p, top_k)
+        nxt = pick_tokens(out.logits[:, -1], do_sample, temperature, top_p, top_k, rows)
         nxt = nxt.masked_fill(done, pad_id)
         tokens[:, t] = nxt
         done |= nxt == eos_id
@@ -87,10 +93,12 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
 
 
 @torch.no_grad()
-def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool = True) -> list[dict]:
+def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool = True,
+           rows: tuple[int, int] | None = None) -> list[dict]:
     """Sample one response per prompt. Returns dicts with response text, token ids, token length,
     whether the model ended the turn itself (``finished``), whether the prompt was truncated, and
-    the prompt ids the response was sampled from (``prompt_ids``)."""
+    the prompt ids the response was sampled from (``prompt_ids``). ``rows``: see ``pick_tokens``
+    (one sampling batch only)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -111,7 +119,7 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
         torch.manual_seed(seed + b)
         new = decode(model, ids.to(device), att.to(device), gen["max_new_tokens"], eos_id=tok.eos_token_id,
                      pad_id=tok.pad_token_id, do_sample=gen["do_sample"], temperature=gen["temperature"],
-                     top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"))
+                     top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"), rows=rows)
         for i, row in enumerate(new.tolist()):
             finished = tok.eos_token_id in row
             toks = row[: row.index(tok.eos_token_id)] if finished else [t for t in row if t != tok.pad_token_id]

@@ -72,8 +72,20 @@ class OnPolicyRun:
         self.s = cfg["l3m"]  # sampling and task-batch settings shared by the on-policy trainers
         seed_everything(cfg["seed"])
         self.device = cfg["hardware"]["device"]
+        self.world, self.rank, local = init_distributed(self.device)
+        if self.world > 1:
+            for key in ("batch_size", "sample_prompts"):
+                if self.s[key] % self.world:
+                    raise ValueError(f"l3m.{key}: {self.s[key]} does not split over {self.world} processes; "
+                                     f"use a multiple of {self.world}")
+            if self.device == "cuda":
+                self.device = f"cuda:{local}"
         self.out_dir = Path(out_dir)
+        if self.rank > 0:
+            barrier()  # rank 0 prepares (or discards) the checkpoint folder first
         self.work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
+        if self.rank == 0:
+            barrier()
         self.model, self.tok = load_model(init_dir, device=self.device, for_training=True)
         self.rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=self.tok, device=self.device, cfg=cfg)
                         for n in dict.fromkeys(reward_names)}
@@ -101,10 +113,10 @@ class OnPolicyRun:
             self.state["order"] = list(range(len(self.rows)))
             self.rng.shuffle(self.state["order"])
         self.log_path = self.work / "train_log.jsonl"
-        if self.log_path.exists():  # resumed: drop rows logged after the checkpoint (they are logged again)
+        if self.log_path.exists() and self.rank == 0:  # resumed: drop rows logged after the checkpoint
             kept = [x for x in open(self.log_path) if json.loads(x)["step"] < self.state["step"]]
             self.log_path.write_text("".join(kept))
-        self.tb = _tensorboard(self.work / "tensorboard")
+        self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
         self.stats = {}
 
     # -- one step's pieces ----------------------------------------------------------------------
@@ -117,6 +129,8 @@ class OnPolicyRun:
         """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
         from methods.core.models import encode_pair
 
+        k = len(batch) // self.world  # this process's share of the batch (all of it on one process)
+        batch = batch[self.rank * k:(self.rank + 1) * k]
         pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in batch]
         seqs = [ids[-self.ctx:] for ids, _ in pairs]
         masks = [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs]
@@ -125,7 +139,8 @@ class OnPolicyRun:
         lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
         if self.s["length_normalize"]:
             return -lp.mean()
-        return -lp.sum() / sum(sum(m) for m in masks)
+        tokens = self.global_sum(torch.tensor(float(sum(sum(m) for m in masks))))
+        return -lp.sum() / tokens * self.world  # x world: gradients are averaged over the processes
 
     def sample_and_score(self, batch: list[dict], step: int):
         """Samples of the current policy for the first ``sample_prompts`` prompts of the batch
@@ -133,8 +148,11 @@ class OnPolicyRun:
         from methods.core.generation import sample
 
         prompts = [r["prompt"] for r in batch[: self.s["sample_prompts"]] for _ in range(self.s["samples_per_prompt"])]
+        n, k = len(prompts), len(prompts) // self.world  # this process samples prompts k*rank .. k*(rank+1)
+        prompts = prompts[self.rank * k:(self.rank + 1) * k]
         t0 = time.perf_counter()
-        samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step, progress=False)
+        samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step, progress=False,
+                         rows=(self.rank * k, n))
         self.stats.update(sample_s=time.perf_counter() - t0, sampled_tokens=sum(x["n_tokens"] for x in samples))
         texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
         try:
@@ -149,6 +167,31 @@ class OnPolicyRun:
         self.stats["sample_train_tokens"] = sum(map(len, seqs))
         return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
 
+    # -- across processes (identity on one) ----------------------------------------------------
+    def global_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over processes of a per-process mean (equal shares): the mean over the global batch."""
+        return t if self.world == 1 else self.global_sum(t) / self.world
+
+    def global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.detach().clone().to(self.device)
+        dist.all_reduce(t)
+        return t
+
+    def sync_grads(self) -> None:
+        """Average the gradients over processes (what DDP does), before any clipping."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in self.params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
     def check_finite(self, step: int, values: dict) -> None:
         from methods.core.preempt import require_finite
 
@@ -156,6 +199,8 @@ class OnPolicyRun:
                        f"the last checkpoint is kept in {self.work} and a rerun resumes from it")
 
     def log(self, rec: dict) -> None:
+        if self.rank > 0:
+            return
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.tb is not None:
@@ -173,7 +218,10 @@ class OnPolicyRun:
 
         for hook in self.step_hooks:
             hook(self)
-        stop = preempt.requested() and self.state["step"] < self.steps
+        flag = preempt.requested()
+        if self.world > 1:  # every process stops at the same step if any was signalled
+            flag = bool(self.global_sum(torch.tensor(float(flag))).item() > 0)
+        stop = flag and self.state["step"] < self.steps
         if (self.state["step"] % every == 0 and self.state["step"] < self.steps) or stop:
             self.save_checkpoint()
         if stop:
@@ -183,6 +231,8 @@ class OnPolicyRun:
     def save_checkpoint(self) -> None:
         from methods.core.io import atomic_path
 
+        if self.rank > 0:
+            return
         with atomic_path(self.work / "state.pt") as tmp:
             torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                         "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
@@ -206,7 +256,10 @@ class OnPolicyRun:
             self.tb.close()
         log = [json.loads(x) for x in open(self.log_path)] if self.log_path.exists() else []
         rec = run_record(self.cfg, self.cfg["seed"], started=self.t0, method=self.method, init=self.init_dir,
-                         steps=self.state["step"], **record)
+                         steps=self.state["step"], **record, **({"processes": self.world} if self.world > 1 else {}))
+        if self.rank > 0:
+            barrier()  # rank 0 writes the output
+            return rec
         with atomic_path(self.out_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.tok.save_pretrained(tmp)
@@ -216,7 +269,35 @@ class OnPolicyRun:
             with open(tmp / "train_log.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in log)
         shutil.rmtree(self.work, ignore_errors=True)
+        if self.world > 1:
+            barrier()
         return rec
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """(world size, rank, local rank). Under torchrun/accelerate (WORLD_SIZE > 1 in the environment)
+    the process group is started here if it is not yet (gloo on CPU, nccl on CUDA)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        return dist.get_world_size(), dist.get_rank(), local
+    return 1, 0, 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _tensorboard(path: Path):
