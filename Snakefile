@@ -10,6 +10,22 @@ include: "workflow/rules/ablations.smk"
 
 report: "workflow/report/workflow.rst"
 
+# Seconds of work each: run beside Snakemake rather than through the cluster queue (--profile slurm).
+localrules:
+    all,
+    ablations,
+    ablation_table,
+    task_data,
+    preference_data,
+    contrast_data,
+    aggregate,
+    figure1,
+    metrics_figure,
+    figure2,
+    training_curves,
+    two_reward,
+    cost_table,
+
 
 rule all:
     default_target: True
