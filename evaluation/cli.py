@@ -116,6 +116,22 @@ def cmd_evaluate(a):
     cmd_score(argparse.Namespace(config=a.config, rewards=a.rewards, samples=str(samples), model=a.model, out=str(out)))
 
 
+def cmd_lm_eval(a):
+    """lm-eval on one model: the local task on the test split, plus evaluation.lm_eval.tasks."""
+    from evaluation.lm_eval import run_lm_eval
+    from methods.core.io import write_json
+    from methods.core.models import set_threads
+    from methods.core.record import run_record
+
+    cfg = _cfg(a.config)
+    set_threads(cfg["hardware"])
+    le = cfg["evaluation"]["lm_eval"]
+    res = run_lm_eval(a.model, str(Path(a.data) / "test.jsonl"), le["tasks"], le["batch_size"],
+                      cfg["hardware"]["device"], le["limit"])
+    write_json(a.out, {"metric": "lm_eval", "model": _model_name(a.model), **res,
+                       "run": run_record(cfg, cfg["seed"], model=str(a.model))})
+
+
 def cmd_aggregate(a):
     from evaluation.tables import aggregate
 
@@ -287,6 +303,7 @@ def main(argv=None):
         ("lengths", cmd_lengths, ["samples", "out"]),
         ("score", cmd_score, ["rewards", "samples", "model", "out"]),
         ("evaluate", cmd_evaluate, ["rewards", "model", "data", "samples", "out"]),
+        ("lm-eval", cmd_lm_eval, ["model", "data", "out"]),
         ("aggregate", cmd_aggregate, ["metrics", "models", "out"]),
         ("figure1", cmd_figure1, ["out"]),
         ("metrics-figure", cmd_metrics_figure, ["table", "samples-dir", "models", "out"]),

@@ -20,5 +20,10 @@ def aggregate(metrics_dir: str | Path, models: list[str], rewards: list[str]) ->
         for r in rewards:
             s = read_json(d / f"reward_{r}.json")["summary"]
             row[f"{r}_mean"], row[f"{r}_se"] = s["mean"], s["se"]
+        if (d / "lm_eval.json").exists():  # lm-eval: every numeric metric of every task, as lm_eval:<task>:<metric>
+            for task, res in read_json(d / "lm_eval.json")["results"].items():
+                for k, v in res.items():
+                    if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len":
+                        row[f"lm_eval:{task}:{k.split(',')[0]}"] = v
         rows.append(row)
     return pd.DataFrame(rows)

@@ -38,6 +38,8 @@ def test_dag_outputs_exist_and_are_sane(micro_run):
     assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1", "l3m_pt0", "mm_pt0", "l3m_pt1",
                                           "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
     for r in rows:
+        bpb, npb = float(r["lm_eval:l3m_task:bits_per_byte"]), float(r["lm_eval:l3m_task:nll_per_byte"])
+        assert 0 < bpb < 20 and math.isclose(bpb, npb / math.log(2), rel_tol=1e-5)  # CSV keeps 6 digits
         nll, ppl = float(r["nll_mean"]), float(r["perplexity"])
         assert 0 < nll < 20 and math.isclose(ppl, math.exp(nll), rel_tol=1e-4)
         assert 0 <= float(r["len_mean"]) <= 12 and math.isfinite(float(r["length_mean"]))

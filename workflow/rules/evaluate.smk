@@ -29,10 +29,31 @@ rule evaluate:
         "--data {params.data} --rewards {params.rewards:q} --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
+rule lm_eval:
+    """lm-evaluation-harness: the local task on the test split (offline) and any configured hub tasks."""
+    input:
+        model=model_dir("{model}"),
+        test=rules.task_data.output.test,
+    output:
+        f"{OUT}/metrics/{{model}}/lm_eval.json",
+    params:
+        fp=fingerprint("evaluation", "seed"),
+        data=f"{RES}/data/task",
+    threads: 1
+    log:
+        f"{LOG}/lm_eval_{{model}}.log",
+    benchmark:
+        f"{BENCH}/lm_eval_{{model}}.tsv"
+    shell:
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli lm-eval --config {CONFIG_FILE} --model {input.model} "
+        "--data {params.data} --out {output} > {log} 2>&1"
+
+
 rule aggregate:
     input:
         expand(f"{OUT}/metrics/{{model}}/{{metric}}.json", model=MODELS,
-               metric=["perplexity", "lengths"] + [f"reward_{r}" for r in REWARDS]),
+               metric=["perplexity", "lengths"] + [f"reward_{r}" for r in REWARDS]
+               + (["lm_eval"] if CFG["evaluation"]["lm_eval"]["enabled"] else [])),
     output:
         report(TABLE, category="Tables", caption="../report/metrics_table.rst"),
     params:
