@@ -59,12 +59,16 @@ def cmd_reward_model(a):
     import json
 
     from methods import reward_model
+    from methods.core.distributed import init_distributed, rank
     from methods.core.io import write_json
     from methods.core.models import set_threads
 
     cfg = _cfg(a.config)
     set_threads(cfg["hardware"])
+    init_distributed(cfg["hardware"]["device"])
     rec = reward_model.train(cfg, a.name, a.init, a.pairs, str(Path(a.data) / "val.jsonl"), a.out)
+    if rank() > 0:
+        return
     pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
     write_json(a.card, {"reward": a.name, "pairs": pair_card, "trainer": "trl.RewardTrainer (Bradley-Terry)",
                         "backbone": "the base model + a scalar head", "steps": rec["steps"],
@@ -94,10 +98,12 @@ def cmd_base(a):
 
 def cmd_train(a):
     from methods import registry
+    from methods.core.distributed import init_distributed
     from methods.core.models import set_threads
 
     cfg = _cfg(a.config, a.set)
     set_threads(cfg["hardware"])
+    init_distributed(cfg["hardware"]["device"])  # several processes (hardware.processes > 1): one group
     rec = registry.get(a.method).load().train(cfg, a.init, a.out, a.data)
     print(f"{a.method}: {rec.get('steps')} steps in {rec.get('wall_clock_s')} s")
 

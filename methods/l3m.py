@@ -121,6 +121,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     bar = tqdm(total=c["steps"], initial=state["step"], desc="l3m", mininterval=5)
     mu, lam = c["mu0"], torch.zeros(len(cons))
     while state["step"] < c["steps"]:
+        run.evaluate_heldout(cons)
         step = state["step"]
         mu = mu_at(step, c["mu0"], c["mu_min"], c["mu_decay"], c["mu_every"])
         s = s_fixed if s_fixed is not None else mu * mu
@@ -178,6 +179,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.maybe_checkpoint(c["save_steps"])
         bar.update(1)
     bar.close()
+    run.evaluate_heldout(cons)
     return run.finish(constraints=[con.__dict__ for con in cons], final_C_hat=state["ema"].tolist(),
                       final_mu=mu, final_lambda=lam.tolist(),
                       feasible=run.flag_feasible({con.name: v for con, v in zip(cons, state["ema"].tolist())}))

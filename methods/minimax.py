@@ -47,9 +47,14 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     if m["beta"] > 0:  # the frozen SFT model the KL penalty anchors to
         ref, _ = load_model(init_dir, device=run.device)
         ref.requires_grad_(False)
+        if run.fsdp:  # sharded like the policy: a 7B reference does not fit beside it otherwise
+            from methods.core.fsdp import shard
+
+            shard(ref, cfg["hardware"])
     state = run.state
     bar = tqdm(total=m["steps"], initial=state["step"], desc="mm", mininterval=5)
     while state["step"] < m["steps"]:
+        run.evaluate_heldout(cons)
         step = state["step"]
         lam = state["lambda"].clone()
         batch = run.batch(step)
@@ -91,6 +96,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         run.maybe_checkpoint(m["save_steps"])
         bar.update(1)
     bar.close()
+    run.evaluate_heldout(cons)
     last = {con.name: v for con, v in zip(cons, state.get("c_last") or [])}
     return run.finish(constraints=[con.__dict__ for con in cons], final_lambda=state["lambda"].tolist(),
                       final_C_batch=list(last.values()), feasible=run.flag_feasible(last) if last else None)

@@ -157,3 +157,27 @@ def test_a_killed_dag_leaves_no_complete_looking_output_and_the_rerun_resumes(mi
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "resuming from step" in (copy / "logs" / "micro" / "train_l3m_len0.log").read_text()
     assert json.loads((model / "l3m_run.json").read_text())["steps"] == 40 and not work.exists()
+
+
+def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
+    """benchmarks/time_to_feasible.py on the micro DAG's base model, data and reward models: SFT,
+    then MM and L3M with held-out evaluation; the table's times and ratios follow from the logs."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "time_to_feasible.py"), "--config", str(REPO / "config" / "micro.yaml"),
+           "--root", str(micro_run), "--points", "1", "--eval-every", "2", "--eval-prompts", "8", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = json.loads((tmp_path / "time_to_feasible.json").read_text())
+    (row,) = doc["points"]
+    assert row["bounds"] == [-0.5, 0.5] and doc["sft_s"] > 0 and row["l3m"]["steps"] == 4 and row["sft_mm"]["mm_steps"] == 3
+    work = micro_run / "resources" / "micro" / "ttf"
+    l3m = [json.loads(x) for x in open(work / "l3m_pt1" / "eval_log.jsonl")]
+    mm = [json.loads(x) for x in open(work / "mm_pt1" / "eval_log.jsonl")]
+    assert [e["step"] for e in l3m] == [0, 2, 4] and [e["step"] for e in mm] == [0, 2, 3]
+    first = next((e for e in mm if e["feasible"]), None)
+    assert row["sft_mm"]["first_feasible_s"] == (None if first is None else round(first["elapsed_s"] + doc["sft_s"], 3))
+    assert row["sft_mm"]["final_nll"] == round(mm[-1]["heldout_nll"], 4) and row["l3m"]["final_feasible"] == l3m[-1]["feasible"]
+    a, b = row["l3m"]["first_feasible_s"], row["sft_mm"]["first_feasible_s"]
+    assert row["sft_mm_over_l3m_first"] == (None if a is None or b is None else round(b / a, 3))
+    for ext in ("png", "pdf"):
+        assert (tmp_path / f"time_to_feasible.{ext}").stat().st_size > 5000
+    assert "| 1 (-0.5, 0.5) |" in (tmp_path / "time_to_feasible.md").read_text()

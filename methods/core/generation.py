@@ -75,12 +75,15 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
     step_pos = pos[:, -1:] + 1
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    from methods.core.fsdp import all_processes_done, is_fsdp
+
+    lockstep = is_fsdp(model)  # sharded forwards are collectives: stop when every process's rows have ended
     for t in range(max_new_tokens):
         nxt = pick_tokens(out.logits[:, -1], do_sample, temperature, top_p, top_k, rows)
         nxt = nxt.masked_fill(done, pad_id)
         tokens[:, t] = nxt
         done |= nxt == eos_id
-        if t + 1 == max_new_tokens or bool(done.all()):
+        if t + 1 == max_new_tokens or (all_processes_done(bool(done.all())) if lockstep else bool(done.all())):
             break
         if cache == "static":
             mask[:, T + t] = 1

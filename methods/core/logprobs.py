@@ -11,7 +11,16 @@ def target_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """log p(input_ids[t] | input_ids[<t]) for every t with target_mask[t] = 1 (0 elsewhere).
 
     Inputs are right-padded (batch, T). Returns (batch, T) float32; position 0 is never a target.
-    """
+    A sharded (FSDP) model computes it inside its own forward (methods/core/fsdp.py)."""
+    from methods.core.fsdp import is_fsdp
+
+    if is_fsdp(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask, target_mask=target_mask,
+                     l3m_target_logprobs=chunk)
+    return gather_target_logprobs(model, input_ids, attention_mask, target_mask, chunk)
+
+
+def gather_target_logprobs(model, input_ids, attention_mask, target_mask, chunk: int) -> torch.Tensor:
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     head = model.get_output_embeddings()
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)

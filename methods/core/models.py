@@ -234,8 +234,12 @@ def trainer_hardware(hw: dict) -> dict:
     # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu, "full_determinism": bool(hw.get("deterministic")),
-            ckpt: bool(hw["gradient_checkpointing"]) and not cpu, "dataloader_num_workers": 0}
+    out = {"use_cpu": cpu, "bf16": bool(hw["bf16"]) and not cpu, "full_determinism": bool(hw.get("deterministic")),
+           ckpt: bool(hw["gradient_checkpointing"]) and not cpu, "dataloader_num_workers": 0}
+    if hw.get("fsdp") and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # FSDP2 through transformers/accelerate
+        out.update(fsdp=True, fsdp_config={"version": 2, "activation_checkpointing": out[ckpt]})
+        out[ckpt] = False  # FSDP's own activation checkpointing instead (no extra all-gather)
+    return out
 
 
 def prepare_work_dir(work: Path, config: dict) -> Path:
@@ -247,7 +251,12 @@ def prepare_work_dir(work: Path, config: dict) -> Path:
     import json
     import shutil
 
+    from methods.core.distributed import barrier, rank
+
     work = Path(work)
+    if rank() > 0:  # rank 0 prepares (or discards) the folder; the other processes wait for it
+        barrier()
+        return work
     fp = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     stamp = work / "config.sha256"
     if work.exists() and (not stamp.exists() or stamp.read_text() != fp):
@@ -255,6 +264,7 @@ def prepare_work_dir(work: Path, config: dict) -> Path:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp)
+    barrier()
     return work
 
 
@@ -281,6 +291,8 @@ def set_threads(hw: dict) -> None:
     import torch
 
     n = hw.get("threads") or int(os.environ.get("L3M_THREADS", "0") or 0) or os.cpu_count()
+    if hw.get("device", "cpu") == "cpu":  # the job's cores are shared by its processes (hardware.processes)
+        n = int(n) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, int(n)))
     if hw.get("deterministic"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -296,6 +308,11 @@ def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json
     written into ``out_dir`` atomically, then the checkpoint folder ``work`` removed."""
     import json
 
+    from methods.core.distributed import barrier, rank
+
+    if rank() > 0:  # one writer: rank 0 (the model is the same on every process)
+        barrier()
+        return record
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -306,4 +323,5 @@ def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json
             with open(tmp / name, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
     _rmtree(work)
+    barrier()
     return record

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from methods.core.distributed import barrier, init_distributed
+
 
 def sequences(tok, prompt_ids: list[list[int]], samples: list[dict], ctx: int):
     """prompt + sampled response (+ EOS when the model ended its turn: the stop decision is what a
@@ -81,12 +83,19 @@ class OnPolicyRun:
             if self.device == "cuda":
                 self.device = f"cuda:{local}"
         self.out_dir = Path(out_dir)
-        if self.rank > 0:
-            barrier()  # rank 0 prepares (or discards) the checkpoint folder first
         self.work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
-        if self.rank == 0:
-            barrier()
         self.model, self.tok = load_model(init_dir, device=self.device, for_training=True)
+        ck = torch.load(self.work / "state.pt", weights_only=False) if (self.work / "state.pt").exists() else None
+        if ck is not None:
+            self.model.load_state_dict(ck["model"])
+        hw = cfg["hardware"]
+        if hw["gradient_checkpointing"] and self.device != "cpu":
+            self.model.gradient_checkpointing_enable()
+        self.fsdp = bool(hw["fsdp"]) and self.world > 1
+        if self.fsdp:
+            from methods.core.fsdp import shard
+
+            shard(self.model, hw)
         self.rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=self.tok, device=self.device, cfg=cfg)
                         for n in dict.fromkeys(reward_names)}
         self.rows = read_jsonl(Path(data_dir) / "train.jsonl")
@@ -100,10 +109,13 @@ class OnPolicyRun:
         self.sched = get_scheduler(self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
         self.state = {"step": 0, "order": None, **extra_state}
         self.rng = random.Random(cfg["seed"])
-        if (self.work / "state.pt").exists():  # resume
-            ck = torch.load(self.work / "state.pt", weights_only=False)
-            self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["opt"])
+        if ck is not None:  # resume (the weights are loaded above, before any sharding)
+            if self.fsdp:
+                from methods.core.fsdp import load_optimizer
+
+                load_optimizer(self.model, self.opt, ck["opt"])
+            else:
+                self.opt.load_state_dict(ck["opt"])
             self.sched.load_state_dict(ck["sched"])
             self.state = ck["state"]
             self.rng.setstate(ck["py_rng"])
@@ -118,6 +130,13 @@ class OnPolicyRun:
             self.log_path.write_text("".join(kept))
         self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
         self.stats = {}
+        # held-out evaluation (l3m.eval_every): val prompts, wall-clock without the evaluation's own time
+        self.eval_rows = read_jsonl(Path(data_dir) / "val.jsonl")[: self.s["eval_prompts"]] if self.s["eval_every"] else []
+        self.eval_s, self.clock0, self._evaluated = 0.0, self.state.get("elapsed_s", 0.0), None
+        self.eval_log_path = self.work / "eval_log.jsonl"
+        if self.eval_log_path.exists() and self.rank == 0:
+            kept = [x for x in open(self.eval_log_path) if json.loads(x)["step"] < self.state["step"]]
+            self.eval_log_path.write_text("".join(kept))
 
     # -- one step's pieces ----------------------------------------------------------------------
     def batch(self, step: int) -> list[dict]:
@@ -167,6 +186,63 @@ class OnPolicyRun:
         self.stats["sample_train_tokens"] = sum(map(len, seqs))
         return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
 
+    # -- held-out evaluation during training ---------------------------------------------------
+    def elapsed(self) -> float:
+        """Wall-clock of this run so far (set-up and training steps, across resumes), without the
+        time spent in held-out evaluations."""
+        return self.clock0 + time.time() - self.t0 - self.eval_s
+
+    def evaluate_heldout(self, cons: list) -> None:
+        """Before step 0, every ``eval_every`` steps and after the last step (call it at the top of
+        each step and once after the loop): sample the held-out val prompts with the evaluation's
+        generation settings (fixed seed, the training RNG untouched), and log the constraint
+        estimates C_i (<= 0: met), mean rewards and task NLL (nats/token, mean over responses) with
+        the run's wall-clock to ``eval_log.jsonl``. Rank 0 evaluates and the others wait (with FSDP
+        every process evaluates in step)."""
+        every, step = self.s["eval_every"], self.state["step"]
+        if not every or step == self._evaluated or not (step % every == 0 or step >= self.steps):
+            return
+        self._evaluated, elapsed, t = step, self.elapsed(), time.time()
+        if self.fsdp:  # sharded forwards are collectives: every process evaluates (the same prompts)
+            res = self._heldout(cons)
+        if self.rank == 0:
+            rec = {"step": step, "elapsed_s": round(elapsed, 3), **(res if self.fsdp else self._heldout(cons))}
+            rec["feasible"] = all(rec[f"C_heldout[{c.name}]"] <= 0 for c in cons)
+            with open(self.eval_log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"{self.method} held-out at step {step} ({elapsed:.0f} s): "
+                  + ", ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith(("C_heldout", "heldout_nll"))),
+                  flush=True)
+        barrier()
+        self.eval_s += time.time() - t
+
+    def _heldout(self, cons: list) -> dict:
+        from methods.core.generation import sample
+        from methods.core.models import encode_pair
+
+        prompts = [r["prompt"] for r in self.eval_rows]
+        cuda = str(self.device).startswith("cuda")
+        with torch.random.fork_rng(devices=[torch.device(self.device)] if cuda else []), torch.no_grad():
+            samples = sample(self.model, self.tok, prompts, self.cfg["generation"], seed=self.cfg["seed"], progress=False)
+            texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
+            r_by = {n: rw(prompts, texts, ids).float().cpu() for n, rw in self.rewards.items()}
+            was_training, nll = self.model.training, []
+            self.model.eval()
+            bs = self.s["batch_size"]
+            for i in range(0, len(self.eval_rows), bs):
+                pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in self.eval_rows[i:i + bs]]
+                seqs = [ids_[-self.ctx:] for ids_, _ in pairs]
+                masks = [([0] * st + [1] * (len(ids_) - st))[-self.ctx:] for ids_, st in pairs]
+                nll += (-seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, True, self.device)).tolist()
+            self.model.train(was_training)
+        rec = {"heldout_nll": sum(nll) / len(nll),
+               "mean_length": sum(x["n_tokens"] for x in samples) / len(samples)}
+        for con in cons:
+            rec[f"C_heldout[{con.name}]"] = con.value(r_by[con.reward]).mean().item()
+        for n, r in r_by.items():
+            rec[f"reward_heldout[{n}]"] = r.mean().item()
+        return rec
+
     # -- across processes (identity on one) ----------------------------------------------------
     def global_mean(self, t: torch.Tensor) -> torch.Tensor:
         """Mean over processes of a per-process mean (equal shares): the mean over the global batch."""
@@ -182,8 +258,9 @@ class OnPolicyRun:
         return t
 
     def sync_grads(self) -> None:
-        """Average the gradients over processes (what DDP does), before any clipping."""
-        if self.world == 1:
+        """Average the gradients over processes (what DDP does), before any clipping. With FSDP the
+        backward pass has already reduce-scattered (averaged) them."""
+        if self.world == 1 or self.fsdp:
             return
         import torch.distributed as dist
 
@@ -231,10 +308,17 @@ class OnPolicyRun:
     def save_checkpoint(self) -> None:
         from methods.core.io import atomic_path
 
+        if self.fsdp:  # gather the full state (a collective), rank 0 writes it
+            from methods.core.fsdp import full_state
+
+            model_sd, opt_sd = full_state(self.model, self.opt)
         if self.rank > 0:
             return
+        if not self.fsdp:
+            model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
+        self.state["elapsed_s"] = self.elapsed()
         with atomic_path(self.work / "state.pt") as tmp:
-            torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            torch.save({"model": model_sd, "opt": opt_sd,
                         "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
                         "torch_rng": torch.get_rng_state()}, tmp)
 
@@ -255,49 +339,53 @@ class OnPolicyRun:
         if self.tb is not None:
             self.tb.close()
         log = [json.loads(x) for x in open(self.log_path)] if self.log_path.exists() else []
+        evals = [json.loads(x) for x in open(self.eval_log_path)] if self.eval_log_path.exists() else []
+        if evals:
+            record["heldout"] = {"prompts": len(self.eval_rows), "every": self.s["eval_every"], **time_to_feasible(evals),
+                                 "final": evals[-1]}
         rec = run_record(self.cfg, self.cfg["seed"], started=self.t0, method=self.method, init=self.init_dir,
-                         steps=self.state["step"], **record, **({"processes": self.world} if self.world > 1 else {}))
+                         steps=self.state["step"], **record)
+        weights = None
+        if self.fsdp:
+            from methods.core.fsdp import full_state
+
+            weights = full_state(self.model)[0]
         if self.rank > 0:
             barrier()  # rank 0 writes the output
             return rec
         with atomic_path(self.out_dir) as tmp:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, state_dict=weights)
             self.tok.save_pretrained(tmp)
             write_json(tmp / "l3m_run.json", rec)
             if (self.work / "tensorboard").exists():
                 shutil.copytree(self.work / "tensorboard", tmp / "tensorboard")
             with open(tmp / "train_log.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in log)
+            if evals:
+                with open(tmp / "eval_log.jsonl", "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in evals)
         shutil.rmtree(self.work, ignore_errors=True)
         if self.world > 1:
             barrier()
         return rec
 
 
-def init_distributed(device: str) -> tuple[int, int, int]:
-    """(world size, rank, local rank). Under torchrun/accelerate (WORLD_SIZE > 1 in the environment)
-    the process group is started here if it is not yet (gloo on CPU, nccl on CUDA)."""
-    import os
-
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "cuda":
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        return dist.get_world_size(), dist.get_rank(), local
-    return 1, 0, 0
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+def time_to_feasible(evals: list[dict], offset_s: float = 0.0) -> dict:
+    """From held-out evaluations (``step``, ``elapsed_s``, ``feasible``, in order): when every
+    constraint was first met (``first_*``) and from when on it stayed met through the last
+    evaluation (``stays_*``); None where never. ``offset_s`` adds the time of earlier stages
+    (SFT before MM)."""
+    first = next((e for e in evals if e["feasible"]), None)
+    stays = None
+    for e in reversed(evals):
+        if not e["feasible"]:
+            break
+        stays = e
+    out = {}
+    for name, e in (("first", first), ("stays", stays)):
+        out[f"{name}_feasible_step"] = None if e is None else e["step"]
+        out[f"{name}_feasible_s"] = None if e is None else round(e["elapsed_s"] + offset_s, 3)
+    return out
 
 
 def _tensorboard(path: Path):

@@ -60,6 +60,8 @@ def run_record(config: dict, seed: int | None, started: float | None = None, **e
         "python": platform.python_version(),
         "device": device_name(),
     }
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        rec["processes"] = int(os.environ["WORLD_SIZE"])
     if started is not None:
         rec["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         rec["wall_clock_s"] = round(time.time() - started, 3)

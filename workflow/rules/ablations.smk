@@ -44,14 +44,15 @@ rule ablation_train:
         fp=fingerprint("data", "l3m", "seed", "hardware", "ablations"),
     threads: TRAIN_THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=TRAIN_MEM,
+        runtime=TRAIN_TIME,
+        gpu=GPUS,
     log:
         f"{LOG}/ablations/{ABLATIONS.wildcard_pattern}/train.log",
     benchmark:
         f"{BENCH}/ablations/{ABLATIONS.wildcard_pattern}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli train --config {CONFIG_FILE} --method l3m "
+        "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method l3m "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
 
 

@@ -65,6 +65,21 @@ ON_POLICY = {"l3m", "mm"}
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
 TRAIN_THREADS = min(CFG["hardware"]["train_threads"], workflow.cores)
 
+# Training jobs on several processes (hardware.processes > 1, one per GPU): `accelerate launch`
+# (torchrun underneath, a free port per job) starts them; TRL's trainers then run DDP (or FSDP with
+# hardware.fsdp) and L3M/MM split their batch over the processes. With cuda the jobs ask for that
+# many GPUs (resources gpu: sbatch --gpus under the SLURM profile).
+_HW = CFG["hardware"]
+PROCS = _HW["processes"]
+GPUS = PROCS if _HW["device"] == "cuda" else 0
+TRAIN_MEM, TRAIN_TIME = _HW["train_mem_mb"], _HW["train_runtime"]
+if PROCS == 1:
+    TRAIN_CLI = f"{PY} -m methods.cli"
+else:
+    _mp = "bf16" if _HW["bf16"] and _HW["device"] == "cuda" else "no"
+    TRAIN_CLI = (f"{PY} -m accelerate.commands.launch --multi_gpu --num_processes {PROCS} --num_machines 1 "
+                 f"--mixed_precision {_mp} --dynamo_backend no --main_process_port 0 -m methods.cli")
+
 
 def fingerprint(*sections):
     """A short hash of the config sections a rule depends on: a rule reruns when they change."""

@@ -23,14 +23,15 @@ rule train:
         data=f"{RES}/data/task",
     threads: TRAIN_THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=TRAIN_MEM,
+        runtime=TRAIN_TIME,
+        gpu=GPUS,
     log:
         f"{LOG}/train_{{method}}.log",
     benchmark:
         f"{BENCH}/train_{{method}}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli train --config {CONFIG_FILE} --method {wildcards.method} "
+        "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {wildcards.method} "
         "--init {input.init} --data {params.data} --out {output} > {log} 2>&1"
 
 
@@ -52,14 +53,15 @@ rule train_variant:
         set=lambda w: json.dumps(VARIANTS[w.variant][1]),
     threads: TRAIN_THREADS
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=TRAIN_MEM,
+        runtime=TRAIN_TIME,
+        gpu=GPUS,
     log:
         f"{LOG}/train_{{variant}}.log",
     benchmark:
         f"{BENCH}/train_{{variant}}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli train --config {CONFIG_FILE} --method {params.method} "
+        "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {params.method} "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
 
 
@@ -81,13 +83,14 @@ rule reward_model:
         data=f"{RES}/data/task",
     threads: TRAIN_THREADS
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=TRAIN_MEM,
+        runtime=TRAIN_TIME,
+        gpu=GPUS,
     log:
         f"{LOG}/reward_model_{{reward}}.log",
     benchmark:
         f"{BENCH}/reward_model_{{reward}}.tsv"
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m methods.cli reward-model --config {CONFIG_FILE} --name {wildcards.reward} "
+        "L3M_THREADS={threads} {ENV} {TRAIN_CLI} reward-model --config {CONFIG_FILE} --name {wildcards.reward} "
         "--init {input.init} --pairs {params.pairs} --data {params.data} --out {output.model} --card {output.card} "
         "> {log} 2>&1"
