@@ -8,8 +8,9 @@ For each two-reward point of the config (``experiments.two_reward.points``, or `
 the config's own training settings, the runs are the real ``methods.cli train`` commands of the DAG,
 one after another on the same machine: SFT from the base model (once, shared by every point), then
 per point MM from that SFT model and L3M from the base model, both with held-out evaluation on
-(``l3m.eval_every``/``eval_prompts``: the first N val prompts sampled with the evaluation's
-generation settings, the constraint estimates C_i computed on them, rank 0). A run is *feasible* at
+(``l3m.eval_every``/``eval_prompts``/``eval_split``: the first N prompts of the split, val by
+default, sampled with the evaluation's generation settings, the constraint estimates C_i computed
+on them, rank 0). A run is *feasible* at
 an evaluation when every C_i <= 0 there.
 
 Per point and method: the wall-clock of the first feasible evaluation (``first``) and of the
@@ -121,6 +122,8 @@ def main(argv=None):
     p.add_argument("--points", type=int, nargs="*", default=None, help="indices into two_reward.points (default all)")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--eval-prompts", type=int, default=200)
+    p.add_argument("--eval-split", default="val", choices=["val", "test"],
+                   help="prompts of the held-out evaluation (test: those the evaluation rule scores)")
     p.add_argument("--mm-steps", type=int, default=None, help="MM's step budget (default: the config's mm.steps)")
     p.add_argument("--l3m-steps", type=int, default=None, help="L3M's step budget (default: the config's l3m.steps)")
     p.add_argument("--threads", type=int, default=2)
@@ -144,7 +147,7 @@ def main(argv=None):
     prerequisites(cfg, cfg_path, res, two["rewards"], args.threads, work / "snakemake.log", root)
     data, base = f"{res}/data/task", f"{res}/models/base"
     train = [sys.executable, "-m", "methods.cli", "train", "--config", cfg_path, "--data", data]
-    ev = {"eval_every": args.eval_every, "eval_prompts": args.eval_prompts}
+    ev = {"eval_every": args.eval_every, "eval_prompts": args.eval_prompts, "eval_split": args.eval_split}
 
     sft = work / "sft"
     shutil.rmtree(sft, ignore_errors=True)
@@ -185,7 +188,7 @@ def main(argv=None):
     figure(curves, points, out)
     fmt = lambda x: "never" if x is None else f"{x:.0f} s"  # noqa: E731
     md = [f"# Time to feasible ({doc['device']}, config {cfg['name']}, rewards {two['rewards']}, "
-          f"{args.eval_prompts} held-out prompts every {args.eval_every} steps)", "", f"Command: `{doc['command']}`", "",
+          f"{args.eval_prompts} held-out {args.eval_split} prompts every {args.eval_every} steps)", "", f"Command: `{doc['command']}`", "",
           f"SFT: {sft_s:.0f} s (added to MM's times).", "",
           "| point | L3M first | L3M stays | SFT+MM first | SFT+MM stays | ratio first | ratio stays "
           "| NLL L3M / SFT+MM at first | final NLL L3M / SFT+MM | final met L3M / SFT+MM |", "|" + "---|" * 10]

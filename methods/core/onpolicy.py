@@ -104,7 +104,10 @@ class OnPolicyRun:
                     "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"],
                     "cache": cfg["generation"]["cache"]}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"])
+        cuda = str(self.device).startswith("cuda")
+        # on CUDA: the fused AdamW kernel, and bf16 autocast (hardware.bf16; FSDP has its own policy)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"], fused=cuda or None)
+        self.bf16 = cuda and bool(hw["bf16"]) and not self.fsdp
         warm = int(warmup * steps) if warmup < 1 else int(warmup)
         self.sched = get_scheduler(self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
         self.state = {"step": 0, "order": None, **extra_state}
@@ -131,7 +134,8 @@ class OnPolicyRun:
         self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
         self.stats = {}
         # held-out evaluation (l3m.eval_every): val prompts, wall-clock without the evaluation's own time
-        self.eval_rows = read_jsonl(Path(data_dir) / "val.jsonl")[: self.s["eval_prompts"]] if self.s["eval_every"] else []
+        self.eval_rows = (read_jsonl(Path(data_dir) / f"{self.s['eval_split']}.jsonl")[: self.s["eval_prompts"]]
+                          if self.s["eval_every"] else [])
         self.eval_s, self.clock0, self._evaluated = 0.0, self.state.get("elapsed_s", 0.0), None
         self.eval_log_path = self.work / "eval_log.jsonl"
         if self.eval_log_path.exists() and self.rank == 0:
@@ -155,7 +159,8 @@ class OnPolicyRun:
         masks = [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs]
         self.model.train()
         self.stats["task_tokens"] = sum(map(len, seqs))
-        lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+        with self.autocast():
+            lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
         if self.s["length_normalize"]:
             return -lp.mean()
         tokens = self.global_sum(torch.tensor(float(sum(sum(m) for m in masks))))
@@ -170,8 +175,9 @@ class OnPolicyRun:
         n, k = len(prompts), len(prompts) // self.world  # this process samples prompts k*rank .. k*(rank+1)
         prompts = prompts[self.rank * k:(self.rank + 1) * k]
         t0 = time.perf_counter()
-        samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step, progress=False,
-                         rows=(self.rank * k, n))
+        with self.autocast():
+            samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step,
+                             progress=False, rows=(self.rank * k, n))
         self.stats.update(sample_s=time.perf_counter() - t0, sampled_tokens=sum(x["n_tokens"] for x in samples))
         texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
         try:
@@ -184,7 +190,14 @@ class OnPolicyRun:
     def sample_logprob(self, model, samples) -> torch.Tensor:
         seqs, masks = sequences(self.tok, [x["prompt_ids"] for x in samples], samples, self.ctx)
         self.stats["sample_train_tokens"] = sum(map(len, seqs))
-        return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+        with self.autocast():
+            return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+
+    def autocast(self):
+        """bf16 autocast for forward passes on CUDA with hardware.bf16 (weights and AdamW stay fp32)."""
+        from contextlib import nullcontext
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     # -- held-out evaluation during training ---------------------------------------------------
     def elapsed(self) -> float:
@@ -194,9 +207,9 @@ class OnPolicyRun:
 
     def evaluate_heldout(self, cons: list) -> None:
         """Before step 0, every ``eval_every`` steps and after the last step (call it at the top of
-        each step and once after the loop): sample the held-out val prompts with the evaluation's
+        each step and once after the loop): sample the held-out prompts (``eval_split``) with the evaluation's
         generation settings (fixed seed, the training RNG untouched), and log the constraint
-        estimates C_i (<= 0: met), mean rewards and task NLL (nats/token, mean over responses) with
+        estimates C_i (<= 0: met) with their standard errors, mean rewards and task NLL (nats/token, mean over responses) with
         the run's wall-clock to ``eval_log.jsonl``. Rank 0 evaluates and the others wait (with FSDP
         every process evaluates in step)."""
         every, step = self.s["eval_every"], self.state["step"]
@@ -223,7 +236,9 @@ class OnPolicyRun:
         prompts = [r["prompt"] for r in self.eval_rows]
         cuda = str(self.device).startswith("cuda")
         with torch.random.fork_rng(devices=[torch.device(self.device)] if cuda else []), torch.no_grad():
-            samples = sample(self.model, self.tok, prompts, self.cfg["generation"], seed=self.cfg["seed"], progress=False)
+            with self.autocast():
+                samples = sample(self.model, self.tok, prompts, self.cfg["generation"], seed=self.cfg["seed"],
+                                 progress=False)
             texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
             r_by = {n: rw(prompts, texts, ids).float().cpu() for n, rw in self.rewards.items()}
             was_training, nll = self.model.training, []
@@ -238,7 +253,9 @@ class OnPolicyRun:
         rec = {"heldout_nll": sum(nll) / len(nll),
                "mean_length": sum(x["n_tokens"] for x in samples) / len(samples)}
         for con in cons:
-            rec[f"C_heldout[{con.name}]"] = con.value(r_by[con.reward]).mean().item()
+            g = con.value(r_by[con.reward])
+            rec[f"C_heldout[{con.name}]"] = g.mean().item()
+            rec[f"C_heldout_se[{con.name}]"] = (g.std() / len(g) ** 0.5).item() if len(g) > 1 else 0.0
         for n, r in r_by.items():
             rec[f"reward_heldout[{n}]"] = r.mean().item()
         return rec
