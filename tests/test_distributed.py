@@ -54,7 +54,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
     build_task_splits(dict(micro_cfg["data"], n_train=80), tmp_path / "data")
     over = {"constraints": [{"reward": "length", "band": [0, 3]}],
             "l3m": {"steps": 4, "batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
-                    "lr": 0.01, "mu_every": 2, "logging_steps": 1, "save_steps": 100, "max_length": 96}}
+                    "lr": 0.01, "mu_every": 2, "logging_steps": 1, "save_steps": 100, "max_length": 96,
+                    "eval_every": 2, "eval_prompts": 4}}
     cfgs = {"one": validate_config(deep_merge(micro_cfg, over)),
             "two": validate_config(deep_merge(micro_cfg, deep_merge(over, {"hardware": {"processes": 2, "fsdp": fsdp}})))}
     for name, cfg in cfgs.items():
@@ -87,6 +88,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
     rec = json.loads((tmp_path / "two" / "l3m_run.json").read_text())
     assert rec["processes"] == 2 and rec["steps"] == 4
     _same_update(tmp_path / "two", tmp_path / "one", micro_model_dir)  # as one process on the whole batch
+    # held-out evaluation across processes (with FSDP every process evaluates in step; rank 0 writes)
+    ev1, ev2 = ([json.loads(x) for x in open(tmp_path / d / "eval_log.jsonl")] for d in ("one", "two"))
+    assert [e["step"] for e in ev2] == [e["step"] for e in ev1] == [0, 2, 4]
+    assert ev2[0]["C_heldout[length<=3]"] == pytest.approx(ev1[0]["C_heldout[length<=3]"], rel=1e-6)
 
 
 def test_training_rules_launch_through_accelerate(tmp_path):
