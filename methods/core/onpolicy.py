@@ -90,7 +90,7 @@ class OnPolicyRun:
             self.model.load_state_dict(ck["model"])
         hw = cfg["hardware"]
         if hw["gradient_checkpointing"] and self.device != "cpu":
-            self.model.gradient_checkpointing_enable()
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.fsdp = bool(hw["fsdp"]) and self.world > 1
         if self.fsdp:
             from methods.core.fsdp import shard
@@ -106,7 +106,8 @@ class OnPolicyRun:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         cuda = str(self.device).startswith("cuda")
         # on CUDA: the fused AdamW kernel, and bf16 autocast (hardware.bf16; FSDP has its own policy)
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"], fused=cuda or None)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"],
+                                     fused=(cuda and not self.fsdp) or None)
         self.bf16 = cuda and bool(hw["bf16"]) and not self.fsdp
         warm = int(warmup * steps) if warmup < 1 else int(warmup)
         self.sched = get_scheduler(self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
@@ -235,7 +236,7 @@ class OnPolicyRun:
 
         prompts = [r["prompt"] for r in self.eval_rows]
         cuda = str(self.device).startswith("cuda")
-        with torch.random.fork_rng(devices=[torch.device(self.device)] if cuda else []), torch.no_grad():
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []), torch.no_grad():
             with self.autocast():
                 samples = sample(self.model, self.tok, prompts, self.cfg["generation"], seed=self.cfg["seed"],
                                  progress=False)
