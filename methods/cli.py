@@ -157,9 +157,14 @@ def main(argv=None):
     from methods.core import preempt
     from methods.core.config import ConfigError
 
+    from methods.core.distributed import shutdown
+
     try:
         with preempt.handle_preemption():
-            a.fn(a)
+            try:
+                a.fn(a)
+            finally:
+                shutdown()
     except ConfigError as e:
         print(e, file=sys.stderr)
         sys.exit(2)

@@ -26,11 +26,15 @@ def main(cfg_path, init, data, out, record):
             preempt._STATE["signal"] = 15
 
     OnPolicyRun.step_hooks.append(hook)
+    from methods.core.distributed import shutdown
+
     code = 0
     try:
         l3m.train(yaml.safe_load(Path(cfg_path).read_text()), init, out, data)
     except preempt.Preempted:
         code = preempt.EXIT_CODE
+    finally:
+        shutdown()
     Path(record).with_name(f"{Path(record).stem}_rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(seen))
     sys.exit(code)
 

@@ -38,3 +38,12 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group before the process exits (also after a pre-emption): exiting with
+    a live group can abort a process during teardown (SIGABRT instead of the intended exit code)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -129,19 +129,16 @@ class OnPolicyRun:
             self.state["order"] = list(range(len(self.rows)))
             self.rng.shuffle(self.state["order"])
         self.log_path = self.work / "train_log.jsonl"
-        if self.log_path.exists() and self.rank == 0:  # resumed: drop rows logged after the checkpoint
-            kept = [x for x in open(self.log_path) if json.loads(x)["step"] < self.state["step"]]
-            self.log_path.write_text("".join(kept))
+        self.eval_log_path = self.work / "eval_log.jsonl"
+        for path in (self.log_path, self.eval_log_path):  # resumed: drop rows logged after the checkpoint
+            if path.exists() and self.rank == 0:
+                path.write_text("".join(x for x in open(path) if json.loads(x)["step"] < self.state["step"]))
         self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
         self.stats = {}
-        # held-out evaluation (l3m.eval_every): val prompts, wall-clock without the evaluation's own time
+        # held-out evaluation (l3m.eval_every); the run's clock leaves out the evaluation's own time
         self.eval_rows = (read_jsonl(Path(data_dir) / f"{self.s['eval_split']}.jsonl")[: self.s["eval_prompts"]]
                           if self.s["eval_every"] else [])
         self.eval_s, self.clock0, self._evaluated = 0.0, self.state.get("elapsed_s", 0.0), None
-        self.eval_log_path = self.work / "eval_log.jsonl"
-        if self.eval_log_path.exists() and self.rank == 0:
-            kept = [x for x in open(self.eval_log_path) if json.loads(x)["step"] < self.state["step"]]
-            self.eval_log_path.write_text("".join(kept))
 
     # -- one step's pieces ----------------------------------------------------------------------
     def batch(self, step: int) -> list[dict]:
@@ -149,15 +146,18 @@ class OnPolicyRun:
         i0 = (step * bs) % len(self.rows)
         return [self.rows[self.state["order"][(i0 + j) % len(self.rows)]] for j in range(bs)]
 
-    def task_loss(self, batch: list[dict]) -> torch.Tensor:
-        """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
+    def encode_task(self, rows: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
+        """Task pairs as sequences (cut to the context from the left) with the response marked."""
         from methods.core.models import encode_pair
 
+        pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in rows]
+        return ([ids[-self.ctx:] for ids, _ in pairs],
+                [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs])
+
+    def task_loss(self, batch: list[dict]) -> torch.Tensor:
+        """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
         k = len(batch) // self.world  # this process's share of the batch (all of it on one process)
-        batch = batch[self.rank * k:(self.rank + 1) * k]
-        pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in batch]
-        seqs = [ids[-self.ctx:] for ids, _ in pairs]
-        masks = [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs]
+        seqs, masks = self.encode_task(batch[self.rank * k:(self.rank + 1) * k])
         self.model.train()
         self.stats["task_tokens"] = sum(map(len, seqs))
         with self.autocast():
@@ -208,19 +208,19 @@ class OnPolicyRun:
 
     def evaluate_heldout(self, cons: list) -> None:
         """Before step 0, every ``eval_every`` steps and after the last step (call it at the top of
-        each step and once after the loop): sample the held-out prompts (``eval_split``) with the evaluation's
-        generation settings (fixed seed, the training RNG untouched), and log the constraint
-        estimates C_i (<= 0: met) with their standard errors, mean rewards and task NLL (nats/token, mean over responses) with
-        the run's wall-clock to ``eval_log.jsonl``. Rank 0 evaluates and the others wait (with FSDP
-        every process evaluates in step)."""
+        each step and once after the loop): sample the held-out prompts (``eval_split``) with the
+        evaluation's generation settings (fixed seed, the training RNG untouched), and log the
+        constraint estimates C_i (<= 0: met) with their standard errors, mean rewards and task NLL
+        (nats/token, mean over responses) with the run's wall-clock to ``eval_log.jsonl``. Rank 0
+        evaluates and the others wait (with FSDP every process evaluates in step)."""
         every, step = self.s["eval_every"], self.state["step"]
         if not every or step == self._evaluated or not (step % every == 0 or step >= self.steps):
             return
         self._evaluated, elapsed, t = step, self.elapsed(), time.time()
-        if self.fsdp:  # sharded forwards are collectives: every process evaluates (the same prompts)
-            res = self._heldout(cons)
+        # sharded (FSDP) forwards are collectives: then every process evaluates the same prompts
+        res = self._heldout(cons) if self.rank == 0 or self.fsdp else None
         if self.rank == 0:
-            rec = {"step": step, "elapsed_s": round(elapsed, 3), **(res if self.fsdp else self._heldout(cons))}
+            rec = {"step": step, "elapsed_s": round(elapsed, 3), **res}
             rec["feasible"] = all(rec[f"C_heldout[{c.name}]"] <= 0 for c in cons)
             with open(self.eval_log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -232,7 +232,6 @@ class OnPolicyRun:
 
     def _heldout(self, cons: list) -> dict:
         from methods.core.generation import sample
-        from methods.core.models import encode_pair
 
         prompts = [r["prompt"] for r in self.eval_rows]
         cuda = str(self.device).startswith("cuda")
@@ -246,10 +245,10 @@ class OnPolicyRun:
             self.model.eval()
             bs = self.s["batch_size"]
             for i in range(0, len(self.eval_rows), bs):
-                pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in self.eval_rows[i:i + bs]]
-                seqs = [ids_[-self.ctx:] for ids_, _ in pairs]
-                masks = [([0] * st + [1] * (len(ids_) - st))[-self.ctx:] for ids_, st in pairs]
-                nll += (-seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, True, self.device)).tolist()
+                seqs, masks = self.encode_task(self.eval_rows[i:i + bs])
+                with self.autocast():
+                    lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, True, self.device)
+                nll += (-lp.float()).tolist()
             self.model.train(was_training)
         rec = {"heldout_nll": sum(nll) / len(nll),
                "mean_length": sum(x["n_tokens"] for x in samples) / len(samples)}
