@@ -85,6 +85,12 @@ def summarise(evals: list[dict], offset: float) -> dict:
     return out
 
 
+def curve(evals: list[dict], offset: float) -> tuple[list[float], list[float]]:
+    """(wall-clock, worst constraint estimate max_i C_i) per held-out evaluation."""
+    return ([e["elapsed_s"] + offset for e in evals],
+            [max(v for k, v in e.items() if k.startswith("C_heldout[")) for e in evals])
+
+
 def ratio(a, b):
     return None if a is None or b is None or b <= 0 else round(a / b, 3)
 
@@ -171,11 +177,7 @@ def main(argv=None):
             per[method] = (evals, json.loads((dest / "l3m_run.json").read_text())["steps"])
         l3m = summarise(per["l3m"][0], 0.0)
         mm = summarise(per["mm"][0], sft_s)
-        curves[i] = {"sft_s": sft_s,
-                     "l3m": ([e["elapsed_s"] for e in per["l3m"][0]],
-                             [max(v for k, v in e.items() if k.startswith("C_heldout[")) for e in per["l3m"][0]]),
-                     "sft+mm": ([e["elapsed_s"] + sft_s for e in per["mm"][0]],
-                                [max(v for k, v in e.items() if k.startswith("C_heldout[")) for e in per["mm"][0]])}
+        curves[i] = {"sft_s": sft_s, "l3m": curve(per["l3m"][0], 0.0), "sft+mm": curve(per["mm"][0], sft_s)}
         rows.append({"point": i, "bounds": pt, "l3m": dict(l3m, steps=per["l3m"][1]),
                      "sft_mm": dict(mm, mm_steps=per["mm"][1], sft_s=round(sft_s, 3)),
                      "sft_mm_over_l3m_first": ratio(mm["first_feasible_s"], l3m["first_feasible_s"]),

@@ -329,10 +329,10 @@ class OnPolicyRun:
             from methods.core.fsdp import full_state
 
             model_sd, opt_sd = full_state(self.model, self.opt)
+        elif self.rank == 0:
+            model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
         if self.rank > 0:
             return
-        if not self.fsdp:
-            model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
         self.state["elapsed_s"] = self.elapsed()
         with atomic_path(self.work / "state.pt") as tmp:
             torch.save({"model": model_sd, "opt": opt_sd,
