@@ -67,8 +67,9 @@ def run_lm_eval(model_dir: str, test_file: str, extra_tasks: list[str], batch_si
         (work / f"{TASK}.yaml").write_text(_task_yaml(work / "test.jsonl"))
         res = lm_eval.simple_evaluate(
             model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"}, tasks=[TASK, *extra_tasks],
-            task_manager=TaskManager(include_path=str(work)), batch_size=batch_size, device=device,
-            apply_chat_template=True, limit=limit, log_samples=False)
+            # lm-eval's own task index takes about 10 s to build: only when named tasks need it
+            task_manager=TaskManager(include_path=str(work), include_defaults=bool(extra_tasks)),
+            batch_size=batch_size, device=device, apply_chat_template=True, limit=limit, log_samples=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = {t: {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and (not isinstance(v, float)
