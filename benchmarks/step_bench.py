@@ -3,6 +3,7 @@ on the same model, prompts, samples per prompt, generation length and reward, in
 
     .venv/bin/python benchmarks/step_bench.py --out results/benchmarks/cpu            # CPU, about 3 min
     python benchmarks/step_bench.py --model DIR --device cuda --out results/benchmarks/h100
+    python benchmarks/step_bench.py --model DIR --random-init --device cuda ...   # DIR's architecture only
 
 Per method: median step time over the timed steps (after warm-up steps), sampled tokens per second
 of step time, training tokens (through forward and backward) per second, mean sampled length, peak
@@ -78,9 +79,19 @@ def build_inputs(args, work: Path) -> tuple[str, str]:
     cfg = load_config(REPO / "config" / "config.yaml")
     data = work / "data"
     build_task_splits(dict(cfg["data"], n_train=2048, n_val=50, n_test=50), data)
+    import torch
+
+    if args.model and args.random_init:  # the folder's architecture and tokenizer, fresh weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from methods.core.models import load_tokenizer
+
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model)).save_pretrained(work / "model")
+        load_tokenizer(args.model).save_pretrained(work / "model")
+        return str(work / "model"), str(data)
     if args.model:
         return args.model, str(data)
-    import torch
 
     pre = cfg["base_model"]["pretrain"]
     texts = ["\n".join(t for _, t in conv) for _, conv, _ in chitchat_conversations()[: pre["tokenizer_docs"]]]
@@ -220,6 +231,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=None, help="HF model folder (default: a random Llama of config.yaml's size)")
+    p.add_argument("--random-init", action="store_true",
+                   help="use only the --model folder's config and tokenizer, with randomly initialised weights "
+                        "(a config.json and tokenizer files are enough: no weights need to travel)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--prompts", type=int, default=8)

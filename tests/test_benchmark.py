@@ -16,3 +16,19 @@ def test_step_bench_runs_every_method_and_writes_ratios(tmp_path):
     for r in doc["methods"]:
         assert r["step_s_median"] > 0 and r["peak_mem_mb"] > 100 and 0 < r["mean_sampled_len"] <= 6
     assert doc["ratios"]["l3m_over_rloo_step"] > 0 and "| l3m |" in (tmp_path / "step_bench.md").read_text()
+
+
+def test_step_bench_random_init_needs_only_config_and_tokenizer(tmp_path, micro_model_dir, micro_model):
+    """--random-init: the GPU run ships SmolLM2's config.json and tokenizer, not its weights."""
+    import shutil
+
+    arch = tmp_path / "arch"
+    shutil.copytree(micro_model_dir, arch, ignore=shutil.ignore_patterns("*.safetensors"))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "step_bench.py"), "--out", str(tmp_path / "out"), "--model",
+           str(arch), "--random-init", "--methods", "l3m", "--threads", "1", "--steps", "1", "--warmup", "0",
+           "--prompts", "2", "--samples", "2", "--new-tokens", "4", "--band", "1", "3"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "step_bench.json").read_text())
+    assert doc["n_params"] == sum(x.numel() for x in micro_model.parameters())
+    assert doc["methods"][0]["method"] == "l3m" and doc["methods"][0]["mean_sampled_len"] <= 4
