@@ -1,8 +1,10 @@
 """The one list of training methods. The DAG, the CLI and the tests read it, so adding a method is
 one module, one line here and its config section.
 
-Each entry: the module with ``train(cfg, init_dir, out_dir, data_dir, ...)`` and the model it
-starts from ("base": the initialisation model, "sft": the SFT model).
+Each entry: the module with ``train(cfg, init_dir, out_dir, data_dir, ...)``, the model it
+starts from ("base": the initialisation model, "sft": the SFT model) and the config sections it reads
+besides its own, data, seed and hardware: the DAG retrains a model when one of them changes, and only
+then (changing an L3M setting does not retrain SFT and everything built on it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ class Method:
     module: str
     init_from: str  # "base" or another method's name
     description: str
+    reads: tuple[str, ...] = ()  # further config sections the method's training reads
 
     def load(self):
         return importlib.import_module(self.module)
@@ -24,10 +27,14 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
-        Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage"),
-        Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT"),
-        Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)"),
+        Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)",
+               reads=("evaluation",)),
+        Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage",
+               reads=("constraints", "rewards", "generation")),
+        Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT",
+               reads=("l3m", "constraints", "rewards", "generation")),
+        Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
+               reads=("l3m", "rewards", "experiments")),
         Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)"),
         Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint"),
     ]

@@ -181,3 +181,24 @@ def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
     for ext in ("png", "pdf"):
         assert (tmp_path / f"time_to_feasible.{ext}").stat().st_size > 5000
     assert "| 1 (-0.5, 0.5) |" in (tmp_path / "time_to_feasible.md").read_text()
+
+
+def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_path):
+    """Each training job's params fingerprint the config sections its method reads (methods/registry.py):
+    an L3M setting retrains L3M and what samples like it (MM, mixture), not SFT and DPO/CPO; an SFT setting
+    retrains SFT and everything that starts from it, not L3M."""
+    def dry_run(section, change):
+        overlay = tmp_path / f"{section}.yaml"
+        overlay.write_text(json.dumps({section: change}))
+        p = run(["--cores", "1", "--directory", str(micro_run), "-n", "--configfile",
+                 str(REPO / "config" / "micro.yaml"), str(overlay)], cwd=micro_run)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return {line.split(":")[1].strip() for line in p.stdout.splitlines()
+                if line.strip().startswith(("wildcards: method=", "wildcards: variant="))}
+
+    l3m = dry_run("l3m", {"ema": 0.5})
+    assert {"l3m_len0", "l3m_len1", "l3m_pt0", "mm_pt0", "mix0"} <= {w.split("=")[1] for w in l3m}
+    assert not {"method=sft", "method=dpo", "method=cpo"} & l3m
+    sft = dry_run("sft", {"lr": 0.002})
+    assert {"method=sft", "method=dpo", "method=cpo", "variant=mm_pt0", "variant=mix0"} <= sft
+    assert not any(w.startswith("variant=l3m") for w in sft)

@@ -41,7 +41,7 @@ rule ablation_train:
     params:
         set=ablation_set,
         data=f"{RES}/data/task",
-        fp=fingerprint("data", "l3m", "seed", "hardware", "ablations"),
+        fp=train_fingerprint("l3m", {k: CFG["ablations"][k] for k in ("band", "reward")}),  # the row: in the path
     threads: TRAIN_THREADS
     resources:
         mem_mb=TRAIN_MEM,

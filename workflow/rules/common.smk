@@ -87,6 +87,13 @@ def fingerprint(*sections):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def train_fingerprint(method, overrides=None):
+    """What a training job depends on: data, seed, hardware, the method's section and the sections its
+    registry entry reads, plus a variant's overrides (a band, a constraint point, mixture weights)."""
+    fp = fingerprint("data", "seed", "hardware", method, *METHODS[method].reads)
+    return fp if overrides is None else fp + json.dumps(overrides, sort_keys=True)
+
+
 def model_dir(name):
     return f"{RES}/models/{name}"
 

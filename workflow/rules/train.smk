@@ -19,7 +19,7 @@ rule train:
         method="|".join(METHODS),
     priority: 2  # SFT heads the longest chain (SFT -> MM, mixture, DPO, CPO -> evaluation): start it first
     params:
-        fp=lambda w: fingerprint("data", w.method, "seed", "hardware", "constraints", "rewards", "l3m"),
+        fp=lambda w: train_fingerprint(w.method),
         data=f"{RES}/data/task",
     threads: TRAIN_THREADS
     resources:
@@ -46,8 +46,7 @@ rule train_variant:
     wildcard_constraints:
         variant="|".join(VARIANTS) or "^$",
     params:
-        fp=lambda w: fingerprint("data", "l3m", VARIANTS[w.variant][0], "seed", "hardware", "rewards")
-        + json.dumps(VARIANTS[w.variant][1], sort_keys=True),
+        fp=lambda w: train_fingerprint(*VARIANTS[w.variant]),
         data=f"{RES}/data/task",
         method=lambda w: VARIANTS[w.variant][0],
         set=lambda w: json.dumps(VARIANTS[w.variant][1]),
