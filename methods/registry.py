@@ -18,7 +18,9 @@ class Method:
     module: str
     init_from: str  # "base" or another method's name
     description: str
-    reads: tuple[str, ...] = ()  # further config sections the method's training reads
+    # further config sections (or "section.key") the method's training reads; SFT's use of
+    # evaluation.batch_size (its validation loss only) leaves the weights alone and is not listed
+    reads: tuple[str, ...] = ()
 
     def load(self):
         return importlib.import_module(self.module)
@@ -27,14 +29,13 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)",
-               reads=("evaluation",)),
+        Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
         Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage",
                reads=("constraints", "rewards", "generation")),
         Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT",
                reads=("l3m", "constraints", "rewards", "generation")),
         Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
-               reads=("l3m", "rewards", "experiments")),
+               reads=("l3m", "rewards", "experiments.two_reward")),
         Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)"),
         Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint"),
     ]

@@ -81,9 +81,17 @@ else:
                  f"--mixed_precision {_mp} --dynamo_backend no --main_process_port 0 -m methods.cli")
 
 
+def _section(path):
+    node = CFG
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def fingerprint(*sections):
-    """A short hash of the config sections a rule depends on: a rule reruns when they change."""
-    blob = json.dumps({s: CFG.get(s) for s in sections}, sort_keys=True, default=str)
+    """A short hash of the config sections ("section" or "section.key") a rule depends on: a rule
+    reruns when they change."""
+    blob = json.dumps({s: _section(s) for s in sections}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
