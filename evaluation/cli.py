@@ -54,7 +54,7 @@ def cmd_perplexity(a):
     set_threads(cfg["hardware"])
     rows = read_jsonl(Path(a.data) / "test.jsonl")
     model, tok = load_model(a.model, device=cfg["hardware"]["device"])
-    nll = response_nll(model, tok, rows, cfg["evaluation"]["batch_size"])
+    nll = response_nll(model, tok, rows, batch_size=cfg["evaluation"]["batch_size"])
     write_json(a.out, {"metric": "task_perplexity", "model": _model_name(a.model), "summary": summarize_nll(nll),
                        "per_example": {r["id"]: v for r, v in zip(rows, nll)},
                        "definition": "per example: mean NLL (nats/token) of the reference response given its "

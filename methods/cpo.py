@@ -1,13 +1,15 @@
 """CPO: constrained preference optimisation, as l3m-method.md section 6 defines it.
 
 From SFT (also the frozen reference), minimise the DPO loss on the ``objective`` pairs subject to
-the mean length-normalised margin on the ``constraint`` pairs staying at least tau:
+the mean margin on the ``constraint`` pairs staying at least tau:
 
     m(x, y_w, y_l) = [log pi(y_w|x) - log pi(y_l|x)] - [log pi_ref(y_w|x) - log pi_ref(y_l|x)]
     min_theta  DPO(theta) + lambda * (tau - mean m),     lambda <- max(0, lambda + eta * (tau - mean m))
 
-Log-probabilities are per-token means (length-normalised). Gradients flow through the policy's
-log-probabilities (only the reference's are computed without gradient).
+Log-probabilities are summed over the response tokens, as TRL's DPOTrainer sums them, so with
+lambda = 0 the loss is TRL's DPO loss at the same beta (tested against TRL's own trainer) and tau
+is in nats per pair. Gradients flow through the policy's log-probabilities (only the reference's
+are computed without gradient).
 """
 from __future__ import annotations
 
@@ -30,14 +32,19 @@ def cpo_loss(m_obj: torch.Tensor, m_con: torch.Tensor, beta: float, tau: float, 
 
 
 def _encode(tok, rows, key, ctx):
-    from methods.core.models import encode_pair
+    """(sequences, response starts) of prompt + ``row[key]``, cut to ``ctx`` by fit_to_context."""
+    from methods.core.models import encode_pair, fit_to_context
 
-    seqs, masks = [], []
-    for r in rows:
-        ids, st = encode_pair(tok, r["prompt"], r[key])
-        seqs.append(ids[-ctx:])
-        masks.append(([0] * st + [1] * (len(ids) - st))[-ctx:])
-    return seqs, masks
+    cut = [fit_to_context(*encode_pair(tok, r["prompt"], r[key]), ctx) for r in rows]
+    return [ids for ids, _ in cut], [st for _, st in cut]
+
+
+def pair_logps(model, tok, rows, ctx, device) -> list[torch.Tensor]:
+    """Summed log-probabilities of the chosen and of the rejected responses (TRL DPO's convention)."""
+    from methods.core.onpolicy import seq_logprob
+
+    return [seq_logprob(model, *_encode(tok, rows, key, ctx), tok.pad_token_id, False, device)
+            for key in ("chosen", "rejected")]
 
 
 def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
@@ -47,7 +54,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
 
     from methods.core.io import read_jsonl
     from methods.core.models import load_model
-    from methods.core.onpolicy import OnPolicyRun, seq_logprob
+    from methods.core.onpolicy import OnPolicyRun
     from methods.dpo import pairs_dir
 
     p = cfg["cpo"]
@@ -59,13 +66,6 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     ctx = min(run.ctx, p["max_length"])
     state, bs = run.state, p["batch_size"]
 
-    def logps(model, rows):
-        out = []
-        for key in ("chosen", "rejected"):
-            seqs, masks = _encode(tok, rows, key, ctx)
-            out.append(seq_logprob(model, seqs, masks, tok.pad_token_id, True, run.device))
-        return out
-
     bar = tqdm(total=p["steps"], initial=state["step"], desc="cpo", mininterval=5)
     while state["step"] < p["steps"]:
         step = state["step"]
@@ -75,8 +75,8 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         m = {}
         for k, rows in batch.items():
             with torch.no_grad():
-                ref_w, ref_l = logps(ref, rows)
-            lp_w, lp_l = logps(run.model, rows)
+                ref_w, ref_l = pair_logps(ref, tok, rows, ctx, run.device)
+            lp_w, lp_l = pair_logps(run.model, tok, rows, ctx, run.device)
             m[k] = margins(lp_w, lp_l, ref_w, ref_l)
         loss, dpo, violation = cpo_loss(m["objective"], m["constraint"], p["beta"], p["tau"], state["lambda"])
         run.opt.zero_grad(set_to_none=True)

@@ -6,6 +6,17 @@ minimises the task NLL plus the relaxed log-barrier of every constraint estimate
     grad G = grad L + sum_i lambda_i * grad C_i,   lambda_i = mu / (k * max(-C_i, s)),  s = mu^2
     grad C_i = E[(g_i - baseline_i) * grad log pi(y|x)],  g_i = (b_i - r_i) / scale_i  (">=" constraint)
 
+What the policy-gradient estimate estimates (``l3m.pg_estimator``; checked by exact enumeration
+of every response of a tiny Llama in tests/test_estimators.py):
+
+- ``sequence`` (default): log pi(y|x) is the summed log-probability of the response tokens (and
+  EOS), at the sampling temperature, behind the prompt ids it was sampled from. With a baseline
+  that does not depend on the sample it multiplies (leave-one-out over the prompt's other samples;
+  the EMA of earlier steps; none), the expectation of the estimate is exactly grad C_i.
+- ``length_normalized`` (the paper-style form): log pi(y|x) / |y| (|y| = response tokens + EOS).
+  Its expectation is grad E[g_i/|y|] - E[baseline] * grad E[1/|y|] with g and |y| held fixed,
+  which is not grad C_i: it can point away from it (cosine -0.3 on a flexible policy).
+
 The maths lives in small pure functions below (checked against closed forms in the tests); the
 loop is plain PyTorch over the shared pieces (sampling, log-probs, rewards).
 """
@@ -63,6 +74,30 @@ def mu_at(step: int, mu0: float, mu_min: float, decay: float, every: int) -> flo
     return max(mu_min, mu0 * decay ** (step // every))
 
 
+def mu_decay(c: dict) -> float:
+    """The decay factor of the l3m section ``c``: ``mu_decay: auto`` reaches mu_min exactly at the
+    last decay inside ``steps`` (mu0 * d^n = mu_min, n = (steps - 1) // mu_every); a number is used
+    as given (the config validator rejects one that ends above mu_min, except 1: fixed mu)."""
+    if c["mu_decay"] != "auto":
+        return float(c["mu_decay"])
+    n = (c["steps"] - 1) // c["mu_every"]
+    return (c["mu_min"] / c["mu0"]) ** (1.0 / n) if n > 0 and c["mu_min"] < c["mu0"] else 1.0
+
+
+def mu_schedule_error(c: dict, field: str = "config.l3m") -> str | None:
+    """Why the schedule of ``c`` does not end at mu_min within its steps (None when it does)."""
+    d = mu_decay(c)
+    n = (c["steps"] - 1) // c["mu_every"]
+    last = mu_at(c["steps"] - 1, c["mu0"], c["mu_min"], d, c["mu_every"])
+    if d == 1.0 or last <= c["mu_min"] * (1 + 1e-9):
+        return None
+    need = (c["mu_min"] / c["mu0"]) ** (1.0 / n) if n > 0 else None
+    fix = (f"use mu_decay <= {need:.6g} (or mu_decay: auto, which computes it)" if need is not None
+           else "use more steps or a smaller mu_every")
+    return (f"{field}.mu_decay: {d:g} every {c['mu_every']} steps ends at mu = {last:.4g} after {c['steps']} steps, "
+            f"not mu_min {c['mu_min']:g}; {fix}, or mu_decay: 1 for a fixed mu")
+
+
 def ema_update(prev: torch.Tensor | None, batch: torch.Tensor, ema: float) -> torch.Tensor:
     """Exponential moving average of the constraint estimates; the first batch initialises it."""
     return batch.clone() if prev is None or ema == 0 else ema * prev + (1 - ema) * batch
@@ -80,6 +115,20 @@ def loo_baseline(values: torch.Tensor, group: int) -> torch.Tensor:
     if n == 1:
         return torch.zeros_like(values)
     return (values.sum(-1, keepdim=True) - values) / (n - 1)
+
+
+def pg_baseline(values: torch.Tensor, kind: str, group: int, previous: torch.Tensor | None) -> torch.Tensor:
+    """The baseline subtracted from ``values`` (k, n) in the policy-gradient estimate; each entry is
+    independent of the sample it is subtracted from, so the estimate's expectation is unchanged:
+    ``loo`` the leave-one-out mean, ``ema`` ``previous`` (k,) (the estimate of earlier steps, 0 at
+    the first step), ``none`` 0."""
+    if kind == "loo":
+        return loo_baseline(values, group)
+    if kind == "ema" and previous is not None:
+        return previous.to(values).unsqueeze(-1).expand_as(values)
+    if kind in ("ema", "none"):
+        return torch.zeros_like(values)
+    raise ValueError(f"l3m.baseline: {kind!r} is not one of loo, ema, none")
 
 
 def pg_surrogate(logp: torch.Tensor, values: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
@@ -119,11 +168,11 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
                       reward_names=[x.reward for x in cons], extra_state={"ema": None})
     state, s_fixed = run.state, c["relax"]
     bar = tqdm(total=c["steps"], initial=state["step"], desc="l3m", mininterval=5)
-    mu, lam = c["mu0"], torch.zeros(len(cons))
+    mu, lam, decay = c["mu0"], torch.zeros(len(cons)), mu_decay(c)
     while state["step"] < c["steps"]:
         run.evaluate_heldout(cons)
         step = state["step"]
-        mu = mu_at(step, c["mu0"], c["mu_min"], c["mu_decay"], c["mu_every"])
+        mu = mu_at(step, c["mu0"], c["mu_min"], decay, c["mu_every"])
         s = s_fixed if s_fixed is not None else mu * mu
         batch = run.batch(step)
         task_loss = run.task_loss(batch)  # 1. task NLL on the mini-batch
@@ -131,14 +180,14 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         # 3. constraint values (k, n), their EMA estimates and the multipliers
         g = torch.stack([con.value(r_by[con.reward]) for con in cons])
         c_batch = run.global_mean(g.mean(-1).detach())  # the estimate over the global batch
+        c_prev = state["ema"]  # the EMA of earlier steps: a baseline independent of this batch's samples
         state["ema"] = ema_update(state["ema"], c_batch.cpu(), c["ema"])
         c_hat = state["ema"]
         lam = multipliers(c_hat, mu, s).float()
         run.stats.update(c_batch=c_batch.tolist(), c_hat=c_hat.tolist(), lam=lam.tolist())
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
-        base = loo_baseline(g, c["samples_per_prompt"]) if c["baseline"] == "loo" else (
-            torch.zeros_like(g) if c["baseline"] == "none" else c_hat.to(g).unsqueeze(-1).expand_as(g))
+        base = pg_baseline(g, c["baseline"], c["samples_per_prompt"], c_prev)
         barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum()
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)

@@ -6,16 +6,22 @@ From the SFT model, for the same constraints as an L3M, solve max_{lambda >= 0} 
 
 as constrained RLHF does (Moskovitz et al. 2024; Safe-RLHF's PPO-Lagrangian): each step takes a
 policy step with the current lambda (REINFORCE on the per-sample cost sum_i lambda_i g_i + beta *
-kl, leave-one-out baseline, the same samples and constraint values as L3M), then projected dual
-ascent lambda_i <- max(0, lambda_i + eta * C_i) on the batch estimates. The KL term is the k1
-estimate log pi(y|x) - log pi_SFT(y|x) on the samples (length-normalised with the same switch).
-Needs the separate SFT stage and a frozen reference copy: the costs L3M avoids.
+kl, the baseline of ``l3m.baseline``, the same samples and constraint values as L3M), then
+projected dual ascent lambda_i <- max(0, lambda_i + eta * C_i) on the batch estimates.
+
+With ``l3m.pg_estimator: sequence`` (default) kl is the sequence log-ratio log pi(y|x) -
+log pi_SFT(y|x) (summed over the response tokens, both at the sampling temperature), so the
+estimate's expectation is exactly sum_i lambda_i grad C_i + beta grad KL(pi || pi_SFT) over whole
+responses: the sequence-level KL and summed log-probabilities TRL's RLOOTrainer (the mixture
+baseline) uses. With ``length_normalized`` both log pi and kl are per-token means (the paper-style
+form, biased like L3M's: see methods/l3m.py). Needs the separate SFT stage and a frozen reference
+copy: the costs L3M avoids.
 """
 from __future__ import annotations
 
 import torch
 
-from methods.l3m import expand_constraints, loo_baseline, pg_surrogate
+from methods.l3m import ema_update, expand_constraints, pg_baseline, pg_surrogate
 
 
 def dual_ascent(lam: torch.Tensor, c: torch.Tensor, lr: float) -> torch.Tensor:
@@ -30,6 +36,17 @@ def lagrangian_cost(g: torch.Tensor, lam: torch.Tensor, kl: torch.Tensor, beta: 
     return (lam.unsqueeze(-1) * g).sum(0) + beta * kl
 
 
+def mm_surrogate(logp: torch.Tensor, ref_logp: torch.Tensor | None, g: torch.Tensor, lam: torch.Tensor, beta: float,
+                 baseline: str, group: int, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(surrogate, kl, per-sample cost): the surrogate's gradient is the REINFORCE estimate of
+    sum_i lambda_i grad C_i + beta grad KL(pi || pi_ref), from the samples' log-probabilities
+    ``logp`` (n,) (with gradient), the reference's ``ref_logp`` (None: no KL term), constraint values
+    ``g`` (k, n) and the baseline of ``pg_baseline`` (``previous``: the EMA of earlier costs)."""
+    kl = logp.detach() - ref_logp if ref_logp is not None else torch.zeros_like(logp)
+    cost = lagrangian_cost(g, lam.to(g), kl.to(g), beta).unsqueeze(0)
+    return pg_surrogate(logp, cost, pg_baseline(cost, baseline, group, previous)).sum(), kl, cost
+
+
 def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from tqdm.auto import tqdm
 
@@ -42,7 +59,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         raise ValueError("mm: no constraints; add config.constraints")
     run = OnPolicyRun(cfg, "mm", init_dir, out_dir, data_dir, steps=m["steps"], lr=m["lr"], warmup=m["warmup"],
                       reward_names=[x.reward for x in cons],
-                      extra_state={"lambda": torch.full((len(cons),), float(m["lambda0"]))})
+                      extra_state={"lambda": torch.full((len(cons),), float(m["lambda0"])), "cost_ema": None})
     ref = None
     if m["beta"] > 0:  # the frozen SFT model the KL penalty anchors to
         ref, _ = load_model(init_dir, device=run.device)
@@ -63,14 +80,11 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         g = torch.stack([con.value(r_by[con.reward]) for con in cons])  # (k, n), <= 0 when satisfied
         c_batch = run.global_mean(g.mean(-1).detach()).cpu()  # over the global batch
         logp = run.sample_logprob(run.model, samples)
-        if ref is not None:
-            with torch.no_grad():
-                kl = logp.detach() - run.sample_logprob(ref, samples)
-        else:
-            kl = torch.zeros_like(logp)
-        cost = lagrangian_cost(g, lam.to(g), kl.to(g), m["beta"]).unsqueeze(0)
-        base = loo_baseline(cost, c["samples_per_prompt"]) if c["baseline"] == "loo" else torch.zeros_like(cost)
-        pg_loss = pg_surrogate(logp, cost, base).sum()
+        with torch.no_grad():
+            ref_logp = run.sample_logprob(ref, samples) if ref is not None else None
+        pg_loss, kl, cost = mm_surrogate(logp, ref_logp, g, lam, m["beta"], c["baseline"], c["samples_per_prompt"],
+                                         state.get("cost_ema"))
+        state["cost_ema"] = ema_update(state.get("cost_ema"), run.global_mean(cost.mean(-1).detach()).cpu(), c["ema"])
         run.opt.zero_grad(set_to_none=True)
         (m["task_weight"] * task_loss + pg_loss).backward()
         run.sync_grads()

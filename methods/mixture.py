@@ -2,9 +2,12 @@
 SFT model, one run per weight vector, the heuristic weighting L3M replaces (l3m-method.md 6).
 
 TRL's RLOOTrainer does the RL: REINFORCE with a leave-one-out baseline over the samples of a
-prompt, the same estimator L3M and MM use, with no critic (so the comparison differs in the
+prompt on summed sequence log-probabilities at the sampling temperature, the KL entering the
+reward as the sequence log-ratio (r - beta * sum_t log pi/pi_SFT), with no critic. That is the form
+of MM's estimator with ``l3m.pg_estimator: sequence`` (read from TRL 1.16's source; our own
+estimators' expectations are tested by enumeration, TRL's is not), so the comparison differs in the
 objective, not in the variance reduction; GRPO's per-group std normalisation would rescale each
-prompt's rewards and blur the weights). The rewards are our reward interface wrapped as TRL
+prompt's rewards and blur the weights. The rewards are our reward interface wrapped as TRL
 reward functions; TRL's ``reward_weights`` forms the weighted sum.
 """
 from __future__ import annotations
@@ -20,17 +23,25 @@ from methods.core.record import run_record, seed_everything
 
 
 def reward_func(reward, tok):
-    """Our reward as a TRL reward function (conversational or plain prompts/completions)."""
-    drop = {tok.eos_token_id, tok.pad_token_id}
+    """Our reward as a TRL reward function (conversational or plain prompts/completions).
+
+    TRL passes each completion's ids up to and including its EOS (nothing after it), so the
+    response scored is those ids less a final EOS: every sampled token is kept, a sampled pad
+    token included, as in our own sampler."""
+    eos = tok.eos_token_id
 
     def fn(prompts, completions, completion_ids=None, **kwargs):
         p = [x[-1]["content"] if isinstance(x, list) else x for x in prompts]
         c = [x[-1]["content"] if isinstance(x, list) else x for x in completions]
-        ids = None if completion_ids is None else [[t for t in list(i) if t not in drop] for i in completion_ids]
+        ids = None if completion_ids is None else [strip_final(list(map(int, i)), eos) for i in completion_ids]
         return reward(p, c, ids).tolist()
 
     fn.__name__ = reward.name
     return fn
+
+
+def strip_final(ids: list[int], eos: int) -> list[int]:
+    return ids[:-1] if ids and ids[-1] == eos else ids
 
 
 def mixture_rewards(cfg: dict) -> list[str]:

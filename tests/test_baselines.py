@@ -90,17 +90,15 @@ def test_mixture_raises_the_mixed_reward(tmp_path, micro_cfg, micro_model_dir, m
 
 
 def _mean_margin(policy_dir, ref_dir, pairs):
-    """Mean length-normalised DPO margin of ``pairs`` under a policy against a reference."""
+    """Mean DPO margin (summed log-ratios, TRL's convention) of ``pairs`` under a policy against a reference."""
     from methods.core.models import load_model
-    from methods.core.onpolicy import seq_logprob
-    from methods.cpo import _encode
+    from methods.cpo import pair_logps
 
     out = []
     for d in (policy_dir, ref_dir):
         model, tok = load_model(d)
         with torch.no_grad():
-            out += [seq_logprob(model, *_encode(tok, pairs, k, 96), tok.pad_token_id, True, "cpu")
-                    for k in ("chosen", "rejected")]
+            out += pair_logps(model, tok, pairs, 96, "cpu")
     return margins(*out).mean().item()
 
 

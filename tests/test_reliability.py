@@ -231,15 +231,16 @@ def test_empty_responses_are_scored_and_add_no_gradient_terms(micro_tok):
     from methods.core.rewards import LengthReward
 
     assert LengthReward(tokenizer=micro_tok)(["hi", "yo"], ["", "a b"]).tolist()[0] == 0
-    samples = [{"response_ids": [], "finished": False}, {"response_ids": [], "finished": True}]
-    seqs, masks = sequences(micro_tok, [[5, 6, 7], [5, 6]], samples, ctx=32)
-    assert sum(masks[0]) == 0 and sum(masks[1]) == 1  # an empty finished reply still chose to stop (EOS)
+    samples = [{"prompt_ids": [5, 6, 7], "response_ids": [], "finished": False},
+               {"prompt_ids": [5, 6], "response_ids": [], "finished": True}]
+    seqs, starts = sequences(micro_tok, samples, ctx=32)
+    assert len(seqs[0]) - starts[0] == 0 and len(seqs[1]) - starts[1] == 1  # an empty finished reply still chose to stop (EOS)
     import torch as t
 
     from methods.core.models import micro_llama
     m = micro_llama(micro_tok, {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
                                 "max_length": 32})
-    lp = seq_logprob(m, seqs, masks, micro_tok.pad_token_id, True, "cpu")
+    lp = seq_logprob(m, seqs, starts, micro_tok.pad_token_id, True, "cpu")
     assert lp[0].item() == 0 and t.isfinite(lp).all()
 
 

@@ -147,6 +147,18 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
     l3 = cfg["l3m"]
     if l3["mu_min"] > l3["mu0"]:
         errs.append(f"config.l3m.mu_min: {l3['mu_min']} > mu0 {l3['mu0']}")
+    else:
+        from methods.l3m import mu_schedule_error
+
+        errs += [e for e in [mu_schedule_error(l3)] if e]
+        for i, row in enumerate(cfg["ablations"]["settings"]):
+            if not {"mu0", "mu_min", "mu_decay"} & set(row):
+                continue  # the main schedule, checked above
+            merged = {**l3, **{k: v for k, v in row.items() if k != "name"}}
+            if merged["mu_min"] > merged["mu0"]:
+                errs.append(f"config.ablations.settings[{i}] ({row['name']}): mu_min {merged['mu_min']} > mu0 {merged['mu0']}")
+            elif mu_schedule_error(merged):
+                errs.append(mu_schedule_error(merged, f"config.ablations.settings[{i}] ({row['name']})"))
     if l3["baseline"] == "loo" and l3["samples_per_prompt"] < 2 and l3["sample_prompts"] < 2:
         errs.append("config.l3m.baseline: a leave-one-out baseline needs at least 2 samples per step")
     d, b, p = cfg["data"], cfg["base_model"], cfg["preferences"]

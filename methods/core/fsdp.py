@@ -50,13 +50,13 @@ def _route_logprobs(model) -> None:
     task and barrier gradients) would meet the head's already freed weights."""
     plain = model.forward
 
-    def forward(*args, l3m_target_logprobs=None, **kw):
+    def forward(*args, l3m_target_logprobs=None, l3m_temperature=1.0, **kw):
         if l3m_target_logprobs is None:
             return plain(*args, **kw)
         from methods.core.logprobs import gather_target_logprobs
 
         return gather_target_logprobs(model, kw["input_ids"], kw["attention_mask"], kw["target_mask"],
-                                      l3m_target_logprobs)
+                                      l3m_target_logprobs, l3m_temperature)
 
     model.forward = forward
 

@@ -1,15 +1,20 @@
 """One batched, seeded, KV-cached sampling path for training (L3M, minimax) and evaluation.
 
-Prompts are chat-formatted (methods.core.models.encode_pair), left-padded, and left-truncated so
-that prompt + max_new_tokens fits the model's context (the documented truncation rule: the most
-recent context is kept). Batch b is sampled after ``torch.manual_seed(seed + b)``, so a run is
+Prompts are chat-formatted (methods.core.models.encode_pair), left-padded, and left-truncated by
+``fit_to_context`` so that prompt + max_new_tokens fits the context (the most recent tokens are
+kept); each sample carries the prompt ids it was drawn from, which is what its log-probability
+is scored behind (methods/core/onpolicy.py ``sequences``). Batch b is sampled after ``torch.manual_seed(seed + b)``, so a run is
 reproducible whatever ran before it.
 
 Decoding is a plain loop over the model's forward with a KV cache (``decode``) rather than
 ``model.generate``: the prompt pass computes logits for the last position only, finished rows
 are padded, and a token is drawn by inverse CDF: one uniform per row searched in the cumulative
-probabilities (an exact sample from p; ``torch.multinomial``, or a Gumbel/exponential race, draws a
-random number per vocabulary entry, which was 28% of sampling time on CPU). ``cache: static`` preallocates the cache
+probabilities, computed in float64 (a float32 cumulative sum over a 49k-128k vocabulary drifts by
+up to ~1e-3 in total variation; float64 sums and float64 uniforms keep the drawn distribution within ~1e-12 of softmax;
+float32 uniforms alone would quantise every probability to multiples of 2^-24). ``torch.multinomial``, or a Gumbel/exponential
+race, draws a random number per vocabulary entry, which was 28% of sampling time on CPU.
+Every sampled token is kept, the pad token included when it is not EOS: a response is exactly
+the tokens drawn up to (not including) EOS. ``cache: static`` preallocates the cache
 (transformers' StaticCache) so that every decode step has the same shapes.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool = True, temperature: float
     number it would get unsplit (a 2-rank run samples what a 1-process run samples)."""
     if not do_sample or temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.double() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -43,10 +48,10 @@ def pick_tokens(logits: torch.Tensor, do_sample: bool = True, temperature: float
         p_sorted, idx = probs.sort(dim=-1, descending=True)
         drop = (p_sorted.cumsum(-1) - p_sorted) >= top_p  # keep the smallest prefix with mass >= top_p
         probs = probs.scatter(-1, idx, p_sorted.masked_fill(drop, 0.0))
-    # inverse CDF: one uniform per row (an exact sample; torch.multinomial and the Gumbel race draw one per token)
+    # inverse CDF: one uniform per row (torch.multinomial and the Gumbel race draw one per token), float64 sums
     cdf = probs.cumsum(-1)
     off, total = rows or (0, cdf.shape[0])
-    u = torch.rand((total, 1), device=cdf.device)[off:off + cdf.shape[0]] * cdf[:, -1:]
+    u = torch.rand((total, 1), device=cdf.device, dtype=torch.float64)[off:off + cdf.shape[0]] * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
@@ -97,22 +102,29 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
 
 @torch.no_grad()
 def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool = True,
-           rows: tuple[int, int] | None = None) -> list[dict]:
+           rows: tuple[int, int] | None = None, context: int | None = None) -> list[dict]:
     """Sample one response per prompt. Returns dicts with response text, token ids, token length,
     whether the model ended the turn itself (``finished``), whether the prompt was truncated, and
     the prompt ids the response was sampled from (``prompt_ids``). ``rows``: see ``pick_tokens``
-    (one sampling batch only)."""
+    (one sampling batch only). ``context``: the sequence length prompt + response must fit
+    (default: the model's context)."""
+    from .models import fit_to_context
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    limit = max(1, model_context(model) - gen["max_new_tokens"])
+    context = context or model_context(model)
+    limit = context - gen["max_new_tokens"]
+    if limit < 1:
+        raise ValueError(f"max_new_tokens {gen['max_new_tokens']} leaves no room for a prompt in a context of "
+                         f"{context} tokens; lower max_new_tokens")
     out = []
     bs = gen["batch_size"]
     batches = range(0, len(prompts), bs)
     for b, start in enumerate(tqdm(batches, desc="sampling", disable=not progress, mininterval=5)):
         enc = [encode_pair(tok, p)[0] for p in prompts[start:start + bs]]
         truncated = [len(e) > limit for e in enc]
-        enc = [e[-limit:] for e in enc]
+        enc = [fit_to_context(e, len(e), limit)[0] for e in enc]
         T = max(len(e) for e in enc)
         ids = torch.full((len(enc), T), tok.pad_token_id, dtype=torch.long)
         att = torch.zeros((len(enc), T), dtype=torch.long)
@@ -125,7 +137,8 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
                      top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"), rows=rows)
         for i, row in enumerate(new.tolist()):
             finished = tok.eos_token_id in row
-            toks = row[: row.index(tok.eos_token_id)] if finished else [t for t in row if t != tok.pad_token_id]
+            # unfinished: decoding ran all max_new_tokens steps, so every position is a drawn token
+            toks = row[: row.index(tok.eos_token_id)] if finished else row
             out.append({"response": tok.decode(toks, skip_special_tokens=True).strip(), "response_ids": toks,
                         "n_tokens": len(toks), "finished": finished, "prompt_truncated": truncated[i],
                         "prompt_ids": enc[i]})

@@ -218,6 +218,24 @@ def encode_pair(tokenizer, prompt: str, response: str | None = None) -> tuple[li
     return full, start
 
 
+def fit_to_context(ids: list[int], start: int, ctx: int) -> tuple[list[int], int]:
+    """The one truncation rule of the harness, for every sequence a model scores or continues.
+
+    ``ids[start:]`` is the response (empty for a prompt to be continued). Keep the most recent
+    ``ctx`` tokens; the targets are the response tokens among them except position 0, which has
+    no context to be predicted from. So the response is kept whole, behind the end of its prompt,
+    whenever it fits with at least one prompt token. Returns (ids, start) with ``start >= 1``.
+
+    Sampling calls it with the prompt alone and ``ctx = context - max_new_tokens`` (room for the
+    response), so a sampled response is scored behind exactly the prompt it was drawn from; the
+    task NLL, the held-out NLL and task perplexity call it on (prompt, reference response) pairs.
+    """
+    if ctx < 1:
+        raise ValueError(f"context {ctx}: no room for a token (is max_new_tokens >= the model's context?)")
+    cut = max(0, len(ids) - ctx)
+    return ids[cut:], max(1, start - cut)
+
+
 def _ids(x):
     if hasattr(x, "keys") and "input_ids" in x:
         x = x["input_ids"]

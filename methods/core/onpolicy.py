@@ -17,26 +17,35 @@ import torch
 from methods.core.distributed import barrier, init_distributed
 
 
-def sequences(tok, prompt_ids: list[list[int]], samples: list[dict], ctx: int):
-    """prompt + sampled response (+ EOS when the model ended its turn: the stop decision is what a
-    length constraint acts on), with the response marked as target."""
-    seqs, masks = [], []
-    for p, s in zip(prompt_ids, samples):
-        resp = s["response_ids"] + ([tok.eos_token_id] if s["finished"] else [])
-        p = p[-max(1, ctx - len(resp)):]
-        seqs.append(p + resp)
-        masks.append([0] * len(p) + [1] * len(resp))
-    return seqs, masks
+def sequences(tok, samples: list[dict], ctx: int) -> tuple[list[list[int]], list[int]]:
+    """Each sample as it was drawn: its prompt ids exactly as the sampler saw them, then the sampled
+    response (+ EOS when the model ended its turn: the stop decision is what a length constraint
+    acts on). Returns (sequences, response starts). The sampler left room for ``max_new_tokens``
+    (``fit_to_context``), so nothing is cut here; a sequence longer than ``ctx`` is a bug."""
+    seqs, starts = [], []
+    for s in samples:
+        seq = s["prompt_ids"] + s["response_ids"] + ([tok.eos_token_id] if s["finished"] else [])
+        if len(seq) > ctx:
+            raise RuntimeError(f"a sampled sequence of {len(seq)} tokens exceeds the context {ctx}: the sampler "
+                               f"and the scorer disagree on truncation")
+        seqs.append(seq)
+        starts.append(len(s["prompt_ids"]))
+    return seqs, starts
 
 
-def seq_logprob(model, seqs, masks, pad_id, length_normalize: bool, device) -> torch.Tensor:
+def seq_logprob(model, seqs, starts, pad_id, length_normalize: bool, device, temperature: float = 1.0) -> torch.Tensor:
     """Sum (or mean, ``length_normalize``) of the target tokens' log-probabilities per sequence."""
-    from methods.core.logprobs import pad_right, target_logprobs
+    from methods.core.logprobs import sequence_logprob
 
-    ids, att, tgt = (t.to(device) for t in pad_right(seqs, pad_id, masks))
-    lp = target_logprobs(model, ids, att, tgt)
-    total = (lp * tgt).sum(-1)
-    return total / tgt.sum(-1).clamp(min=1) if length_normalize else total
+    return sequence_logprob(model, seqs, starts, pad_id, device, mean=length_normalize, temperature=temperature)
+
+
+def sample_logprob(model, tok, samples: list[dict], ctx: int, device, *, mean: bool = False,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T(y|x) of each sample (summed over the response tokens, or their ``mean``) under
+    ``model`` at the sampling temperature T, behind the prompt ids it was drawn from."""
+    seqs, starts = sequences(tok, samples, ctx)
+    return seq_logprob(model, seqs, starts, tok.pad_token_id, mean, device, temperature)
 
 
 def constraint_scales(cfg: dict) -> dict:
@@ -99,7 +108,10 @@ class OnPolicyRun:
         self.rewards = {n: build_reward(n, cfg["rewards"][n], tokenizer=self.tok, device=self.device, cfg=cfg)
                         for n in dict.fromkeys(reward_names)}
         self.rows = read_jsonl(Path(data_dir) / "train.jsonl")
-        self.ctx = min(model_context(self.model), self.s["max_length"])
+        # samples: the model's context (the sampler reserves max_new_tokens, as in evaluation);
+        # task pairs: at most l3m.max_length tokens (both cut by fit_to_context)
+        self.ctx = model_context(self.model)
+        self.task_ctx = min(self.ctx, self.s["max_length"])
         self.gen = {"max_new_tokens": self.s["max_new_tokens"], "do_sample": True, "temperature": self.s["temperature"],
                     "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"],
                     "cache": cfg["generation"]["cache"]}
@@ -146,25 +158,24 @@ class OnPolicyRun:
         i0 = (step * bs) % len(self.rows)
         return [self.rows[self.state["order"][(i0 + j) % len(self.rows)]] for j in range(bs)]
 
-    def encode_task(self, rows: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
-        """Task pairs as sequences (cut to the context from the left) with the response marked."""
-        from methods.core.models import encode_pair
+    def encode_task(self, rows: list[dict]) -> tuple[list[list[int]], list[int]]:
+        """Task pairs as (sequences, response starts), cut to ``l3m.max_length`` by fit_to_context."""
+        from methods.core.models import encode_pair, fit_to_context
 
-        pairs = [encode_pair(self.tok, r["prompt"], r["response"]) for r in rows]
-        return ([ids[-self.ctx:] for ids, _ in pairs],
-                [([0] * st + [1] * (len(ids) - st))[-self.ctx:] for ids, st in pairs])
+        pairs = [fit_to_context(*encode_pair(self.tok, r["prompt"], r["response"]), self.task_ctx) for r in rows]
+        return [ids for ids, _ in pairs], [st for _, st in pairs]
 
     def task_loss(self, batch: list[dict]) -> torch.Tensor:
         """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
         k = len(batch) // self.world  # this process's share of the batch (all of it on one process)
-        seqs, masks = self.encode_task(batch[self.rank * k:(self.rank + 1) * k])
+        seqs, starts = self.encode_task(batch[self.rank * k:(self.rank + 1) * k])
         self.model.train()
         self.stats["task_tokens"] = sum(map(len, seqs))
         with self.autocast():
-            lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+            lp = seq_logprob(self.model, seqs, starts, self.tok.pad_token_id, self.s["length_normalize"], self.device)
         if self.s["length_normalize"]:
             return -lp.mean()
-        tokens = self.global_sum(torch.tensor(float(sum(sum(m) for m in masks))))
+        tokens = self.global_sum(torch.tensor(float(sum(len(q) - st for q, st in zip(seqs, starts)))))
         return -lp.sum() / tokens * self.world  # x world: gradients are averaged over the processes
 
     def sample_and_score(self, batch: list[dict], step: int):
@@ -178,7 +189,7 @@ class OnPolicyRun:
         t0 = time.perf_counter()
         with self.autocast():
             samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step,
-                             progress=False, rows=(self.rank * k, n))
+                             progress=False, rows=(self.rank * k, n), context=self.ctx)
         self.stats.update(sample_s=time.perf_counter() - t0, sampled_tokens=sum(x["n_tokens"] for x in samples))
         texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
         try:
@@ -189,10 +200,13 @@ class OnPolicyRun:
         return prompts, samples, r_by
 
     def sample_logprob(self, model, samples) -> torch.Tensor:
-        seqs, masks = sequences(self.tok, [x["prompt_ids"] for x in samples], samples, self.ctx)
-        self.stats["sample_train_tokens"] = sum(map(len, seqs))
+        """log pi_T(y|x) of each sample under ``model``, at the sampling temperature T and behind the
+        prompt ids it was drawn from: summed over the response tokens (l3m.pg_estimator: sequence)
+        or their mean (length_normalized)."""
+        self.stats["sample_train_tokens"] = sum(len(x["prompt_ids"]) + len(x["response_ids"]) + int(x["finished"]) for x in samples)
         with self.autocast():
-            return seq_logprob(model, seqs, masks, self.tok.pad_token_id, self.s["length_normalize"], self.device)
+            return sample_logprob(model, self.tok, samples, self.ctx, self.device,
+                                  mean=self.s["pg_estimator"] == "length_normalized", temperature=self.s["temperature"])
 
     def autocast(self):
         """bf16 autocast for forward passes on CUDA with hardware.bf16 (weights and AdamW stay fp32)."""
@@ -232,6 +246,7 @@ class OnPolicyRun:
 
     def _heldout(self, cons: list) -> dict:
         from methods.core.generation import sample
+        from methods.core.logprobs import response_nll
 
         prompts = [r["prompt"] for r in self.eval_rows]
         cuda = str(self.device).startswith("cuda")
@@ -241,14 +256,10 @@ class OnPolicyRun:
                                  progress=False)
             texts, ids = [x["response"] for x in samples], [x["response_ids"] for x in samples]
             r_by = {n: rw(prompts, texts, ids).float().cpu() for n, rw in self.rewards.items()}
-            was_training, nll = self.model.training, []
-            self.model.eval()
-            bs = self.s["batch_size"]
-            for i in range(0, len(self.eval_rows), bs):
-                seqs, masks = self.encode_task(self.eval_rows[i:i + bs])
-                with self.autocast():
-                    lp = seq_logprob(self.model, seqs, masks, self.tok.pad_token_id, True, self.device)
-                nll += (-lp.float()).tolist()
+            was_training = self.model.training
+            with self.autocast():  # task perplexity exactly as the evaluation rule computes it
+                nll = response_nll(self.model, self.tok, self.eval_rows, ctx=self.ctx,
+                                   batch_size=self.s["batch_size"], progress=False)
             self.model.train(was_training)
         rec = {"heldout_nll": sum(nll) / len(nll),
                "mean_length": sum(x["n_tokens"] for x in samples) / len(samples)}

@@ -4,7 +4,7 @@
 import pandas as pd
 from snakemake.utils import Paramspace
 
-ABL_KEYS = ["mu0", "mu_decay", "relax", "ema", "clip", "length_normalize", "baseline"]
+ABL_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "ema", "clip", "length_normalize", "pg_estimator", "baseline"]
 
 
 def _ablation_frame():
@@ -26,8 +26,9 @@ def ablation_set(wildcards):
     l3m = {k: inst[k] for k in ABL_KEYS}
     l3m["relax"] = None if str(l3m["relax"]) == "mu2" else float(l3m["relax"])
     l3m["length_normalize"] = str(l3m["length_normalize"]) == "True"
-    for k in ("mu0", "mu_decay", "ema"):
+    for k in ("mu0", "mu_min", "ema"):
         l3m[k] = float(l3m[k])
+    l3m["mu_decay"] = "auto" if str(l3m["mu_decay"]) == "auto" else float(l3m["mu_decay"])
     cons = [{"reward": CFG["ablations"]["reward"], "band": CFG["ablations"]["band"]}]
     return json.dumps({"l3m": l3m, "constraints": cons})
 
