@@ -38,4 +38,4 @@ rule all:
         expand(FIG + "/curves/{model}.png", model=LENGTH_MODELS + [m for m in TWO_MODELS if m.startswith(("l3m_", "mm_"))]),
         expand(OUT + "/data/{card}_card.json", card=(["contrast"] if "contrast" in PAIR_SETS else []) + [f"rm_{r}" for r in RM_REWARDS]),
         expand(FIG + "/{fig}.{ext}", fig=["fig3_two_reward", "pareto"] if TWO["enabled"] else [], ext=["png", "pdf"]),
-        [OUT + "/tables/two_reward.csv", OUT + "/tables/cost.csv"] if TWO["enabled"] and TWO["mm"] else [],
+        [OUT + "/tables/two_reward.csv", BENCH + "/cost.csv"] if TWO["enabled"] and TWO["mm"] else [],

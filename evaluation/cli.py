@@ -187,8 +187,7 @@ def cmd_figure2(a):
         row, lengths[model] = _length_row(Path(a.results) / "samples" / f"{model}.jsonl",
                                           Path(a.results) / "metrics" / model / "perplexity.json", band)
         run = read_json(Path(a.models_dir) / model / "l3m_run.json")
-        rows.append({"model": model, **row, "train_feasible": run.get("feasible"),
-                     "train_wall_clock_s": run.get("wall_clock_s")})
+        rows.append({"model": model, **row, "train_feasible": run.get("feasible")})
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -216,8 +215,7 @@ def cmd_ablations(a):
         d = Path(a.results) / pat
         row, _ = _length_row(d / "samples.jsonl", d / "perplexity.json", band)
         run = read_json(Path(a.models_dir) / pat / "model" / "l3m_run.json")
-        rows.append({"setting": name, "params": pat, **row, "final_C_hat": run.get("final_C_hat"),
-                     "train_wall_clock_s": run.get("wall_clock_s")})
+        rows.append({"setting": name, "params": pat, **row, "final_C_hat": run.get("final_C_hat")})
     df = pd.DataFrame(rows)
     _write_table(df, a.table, cfg)
     ablation_figure(df, a.out)
@@ -233,8 +231,8 @@ def two_reward_models(cfg: dict) -> list[str]:
 
 
 def cmd_two_reward(a):
-    """The two-reward table (per model: both mean rewards ± s.e., constraint satisfied, task NLL ± std,
-    training wall-clock), Figure 3 and the Pareto figure."""
+    """The two-reward table (per model: both mean rewards ± s.e., constraint satisfied, task NLL ± std),
+    Figure 3 and the Pareto figure. Timings are measurements and live in results/<name>/benchmarks/."""
     import pandas as pd
 
     from evaluation.figures import figure3_two_reward, pareto_figure
@@ -260,7 +258,7 @@ def cmd_two_reward(a):
                "points_satisfied": " ".join(f"p{i}" for i in feasible),
                "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
                "weights": "/".join(f"{w:g}" for w in run["weights"]) if "weights" in run else "",
-               "train_feasible": run.get("feasible"), "train_wall_clock_s": run.get("wall_clock_s")}
+               "train_feasible": run.get("feasible")}
         rows.append(row)
     df = pd.DataFrame(rows)
     _write_table(df, a.table, cfg, extra={"reward_1": r1, "reward_2": r2, "points": points})
@@ -271,7 +269,8 @@ def cmd_two_reward(a):
 
 def cmd_cost(a):
     """The paper's cost claim: L3M (one stage from init) against SFT + MM (two stages) per constraint
-    point, from the rules' own Snakemake benchmark files (wall-clock s and CPU seconds)."""
+    point, from the rules' own Snakemake benchmark files (wall-clock s and CPU seconds): a measurement,
+    written beside them (results/<name>/benchmarks/cost.csv), not among the reproducible tables."""
     import pandas as pd
 
     cfg = _cfg(a.config)

@@ -16,13 +16,14 @@ from methods.core.io import atomic_path  # noqa: E402
 
 
 def save(fig, png: str | Path) -> list[Path]:
-    """Save ``fig`` as ``png`` and the same name with .pdf, atomically."""
+    """Save ``fig`` as ``png`` and the same name with .pdf, atomically; byte-reproducible (the PDF
+    carries no creation date)."""
     from methods.core.record import git_revision
 
     png = Path(png)
     outs = [png, png.with_suffix(".pdf")]
     meta = {"png": {"Software": f"l3m-bench {git_revision()}", "Source": str(png.name)},
-            "pdf": {"Creator": f"l3m-bench {git_revision()}", "Title": str(png.stem)}}
+            "pdf": {"Creator": f"l3m-bench {git_revision()}", "Title": str(png.stem), "CreationDate": None}}
     for p in outs:
         with atomic_path(p) as tmp:
             fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight", metadata=meta[p.suffix[1:]])

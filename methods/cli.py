@@ -133,7 +133,27 @@ def _copy(src, dst):
     shutil.copyfile(src, dst)
 
 
+def check(argv: list[str]) -> None:
+    """``python -m methods.cli check FILE [FILE ...]``: read the config files as Snakemake merges them
+    (later files override earlier ones) and validate the result, naming the file and line of a YAML
+    error (Snakemake's own message for one names neither)."""
+    from methods.core.config import ConfigError, deep_merge, read_config_file, validate_config
+
+    try:
+        merged = {}
+        for f in argv:
+            merged = deep_merge(merged, read_config_file(f))
+        validate_config(merged)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    print(f"{' + '.join(argv)}: valid config (name {merged['name']!r})")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        return check(argv[1:])
     p = argparse.ArgumentParser(prog="methods.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import yaml
@@ -84,8 +85,49 @@ def test_missing_model_path(tmp_path):
     (tmp_path / "empty").mkdir()
     cfg["base_model"]["hf"]["name_or_path"] = str(tmp_path / "empty")
     assert "holds no config.json" in errors_of(cfg)
-    cfg["base_model"]["hf"]["name_or_path"] = "meta-llama/Llama-2-7b-hf"  # a hub id is left to the hub
+    cfg["base_model"]["hf"]["name_or_path"] = "meta-llama/Llama-2-7b-hf"
+    msg = errors_of(cfg)  # offline (the default): a hub id cannot load, said before any job
+    assert ("config.base_model.hf.name_or_path: 'meta-llama/Llama-2-7b-hf' is not a local folder" in msg
+            and "this config runs offline" in msg and "point it at a local folder" in msg)
+    validate_config(dict(cfg, offline=False))  # where a hub is reachable it is left to the hub
+
+
+def test_names_that_would_write_outside_their_folders_are_rejected():
+    for bad in ("..", ".", "a/b"):
+        msg = errors_of(dict(base(), name=bad))
+        assert f"config.name: {bad!r} is not allowed here; run name" in msg
+
+
+def test_a_relative_local_folder_is_local_not_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "models" / "mybase").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = base()
+    cfg["base_model"] = {"source": "hf", "hf": {"name_or_path": "models/mybase"}}
+    assert "holds no config.json" in errors_of(cfg)  # taken as the folder it is, offline or not
+    (tmp_path / "models" / "mybase" / "config.json").write_text("{}")
     validate_config(cfg)
+    cfg["base_model"]["hf"]["name_or_path"] = "models/other/base"
+    assert "neither an existing local folder nor a hub id" in errors_of(dict(cfg, offline=False))
+
+
+def test_the_jobs_are_offline_only_when_the_config_is(tmp_path):
+    """offline: true puts HF_HUB_OFFLINE=1 on every job's command line; offline: false leaves the user's
+    environment to decide (a dry run prints the commands)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    for offline in (True, False):
+        over = tmp_path / f"o{offline}.yaml"
+        over.write_text(f"offline: {str(offline).lower()}\n")
+        p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
+                            "--configfile", str(REPO / "config" / "micro.yaml"), str(over), "--directory", str(tmp_path),
+                            "task_data"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        cmd = next(line for line in p.stdout.splitlines() if "methods.cli data" in line)
+        assert ("HF_HUB_OFFLINE=1" in cmd and "HF_DATASETS_OFFLINE=1" in cmd) == offline
 
 
 def test_hf_sources_need_a_path():

@@ -258,17 +258,57 @@ def test_bad_jsonl_rows_are_rejected_or_counted_and_skipped(tmp_path):
                  + good[10:])
     cfg = {"source": "hf", "hf": {"path": str(tmp_path / "local"), "bad_rows": "error"}, "context_turns": 1,
            "max_chars": 300, "n_train": 0, "n_val": 5, "n_test": 5, "split_seed": 0}
-    with pytest.raises(ValueError, match=r"train.jsonl:11: malformed jsonl row; .*bad_rows: skip"):
+    with pytest.raises(ValueError, match=r"train.jsonl:11: malformed jsonl row \(not JSON: .*column 19\); .*bad_rows: skip"):
         build_task_splits(cfg, tmp_path / "out_err")
     assert not (tmp_path / "out_err" / "train.jsonl").exists()
     card = build_task_splits(dict(cfg, hf=dict(cfg["hf"], bad_rows="skip")), tmp_path / "out")
     bad = card["bad_rows"]
     assert bad["n_malformed"] == 2 and bad["n_empty"] == 2 and bad["n_kept"] == 40
-    assert [x.rsplit(":", 1)[1] for x in bad["malformed"]] == ["11", "14"] and "row 10" in bad["empty"]
+    assert [x.rsplit(":", 1)[1] for x in bad["malformed"]] == ["11", "14"]
+    assert [x.rsplit(":", 1)[1] for x in bad["empty"]] == ["12", "13"]  # a blank line; an empty response
     assert sum(card["counts"].values()) == 40
     _write_lines(tmp_path / "local2" / "train.jsonl", good[:10] + [json.dumps({"prompt": "x", "response": " "})])
-    with pytest.raises(ValueError, match=r"row 10 of .* has none of the fields messages or prompt/response"):
+    with pytest.raises(ValueError, match=r"local2/train.jsonl:11 has none of the fields messages or prompt/response"):
         build_task_splits(dict(cfg, hf=dict(cfg["hf"], path=str(tmp_path / "local2"))), tmp_path / "out2")
+
+
+def test_bad_data_names_its_file_line_and_fix(tmp_path):
+    """Non-UTF-8 bytes, a number where text belongs, an empty file and an over-long prompt: each is
+    named by file and line (or counted in the data card), never a raw Python error."""
+    from methods.core.data import build_task_splits
+
+    good = [json.dumps({"id": f"c{i}", "prompt": f"hello number {i}", "response": f"hi there {i}"}) for i in range(30)]
+    cfg = {"source": "hf", "hf": {"bad_rows": "error"}, "context_turns": 1, "max_chars": 300, "n_train": 0,
+           "n_val": 5, "n_test": 5, "split_seed": 0}
+
+    def build(name, lines, policy="error", raw=None):
+        f = tmp_path / name / "train.jsonl"
+        _write_lines(f, lines)
+        if raw is not None:
+            f.write_bytes(f.read_bytes() + raw)
+        return build_task_splits(dict(cfg, hf={"path": str(f.parent), "bad_rows": policy}), tmp_path / f"{name}_out")
+
+    latin1 = json.dumps({"prompt": "caf\u00e9", "response": "ok"}).replace("\\u00e9", "\xe9").encode("latin-1") + b"\n"
+    with pytest.raises(ValueError, match=r"utf/train.jsonl:31: malformed jsonl row \(not UTF-8 text: byte 0xe9 "
+                                         r"at column \d+\); fix the file or set bad_rows: skip"):
+        build("utf", good, raw=latin1)
+    card = build("utf_skip", good, "skip", raw=latin1)  # skip skips it, and counts it
+    assert [x.rsplit(":", 1)[1] for x in card["bad_rows"]["malformed"]] == ["31"] and card["bad_rows"]["n_kept"] == 30
+    with pytest.raises(ValueError, match=r"num/train.jsonl:3: field 'prompt' holds '123' \(int\), expected text; "
+                                         r"fix the data or set bad_rows: skip"):
+        build("num", good[:2] + [json.dumps({"prompt": 123, "response": "hi"})] + good[2:])
+    assert build("num_skip", good[:2] + [json.dumps({"prompt": 123, "response": "hi"})] + good[2:],
+                 "skip")["bad_rows"]["n_malformed"] == 1
+    with pytest.raises(ValueError, match=r"data.hf.path: .*empty holds no usable rows \(0 malformed, 1 empty\); "
+                                         r"point data.hf.path at"):
+        build("empty", [""], "skip")
+    long = good + [json.dumps({"prompt": "x" * 100_000, "response": "hi"})]
+    card = build("long", long)
+    assert card["pairs_left_out"]["too_long"] == 1 and sum(card["counts"].values()) == 30
+    with pytest.raises(ValueError, match=r"data.n_test: 50 held-out conversations asked for, but .* has 30 usable "
+                                         r"conversations in all \(31 read; .*1 over data.max_chars = 300\); lower data.n_test"):
+        build_task_splits(dict(cfg, n_test=50, hf={"path": str(tmp_path / "long"), "bad_rows": "error"}),
+                          tmp_path / "long_out2")
 
 
 def test_validator_never_crashes_on_fuzzed_configs(micro_cfg):

@@ -77,7 +77,7 @@ def test_two_reward_experiment_outputs(micro_run):
             assert r["satisfied"] == str(met) and (float(r["b1"]), float(r["b2"])) == (b1, b2)
     assert rows["mix0"]["weights"] == "1/0" and rows["mix1"]["weights"] == "0/1"
     assert rows["mm_pt0"]["method"] == "mm" and rows["cpo"]["method"] == "cpo"
-    cost = list(csv.DictReader(open(out / "tables" / "cost.csv")))
+    cost = list(csv.DictReader(open(out / "benchmarks" / "cost.csv")))
     assert len(cost) == 2
     for r in cost:
         assert math.isclose(float(r["sft_plus_mm_s"]), float(r["sft_s"]) + float(r["mm_s"]), rel_tol=1e-6)
@@ -202,3 +202,123 @@ def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_
     sft = dry_run("sft", {"lr": 0.002})
     assert {"method=sft", "method=dpo", "method=cpo", "variant=mm_pt0", "variant=mix0"} <= sft
     assert not any(w.startswith("variant=l3m") for w in sft)
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_a_second_invocation_cannot_change_a_running_study(micro_run, tmp_path):
+    """While a micro run trains, Snakemake is called with another config of the same name (a dry run,
+    then a real run that fails on the lock): the first run's model is the clean run's, bit for bit."""
+    import time
+
+    import yaml
+
+    other = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    other["seed"] = 8
+    other_path = tmp_path / "seed8.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    work = tmp_path / "dag"
+    work.mkdir()
+    target = "resources/micro/models/cpo"
+    base = ["--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(work)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    first = subprocess.Popen(SNAKEMAKE + ["--cores", "2"] + base + [target], cwd=work, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (work / "resources" / "micro" / "models" / "sft.work").exists() and time.time() < deadline:
+        assert first.poll() is None, "the first run ended before the second invocation"
+        time.sleep(0.1)
+    second = ["--configfile", str(other_path), "--directory", str(work), "--cores", "1"]
+    assert run(second + ["-n", target], cwd=work).returncode == 0
+    locked = run(second + [target], cwd=work)
+    assert locked.returncode != 0 and "lock" in (locked.stdout + locked.stderr).lower()
+    assert first.wait(timeout=600) == 0
+    import torch
+
+    got, want = _weights(work / target), _weights(micro_run / target)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert len(list((work / "resources" / "micro" / "config").glob("*.yaml"))) == 2  # one file per config, none rewritten
+
+
+def test_readme_recovery_after_a_killed_snakemake(micro_run, tmp_path):
+    """Snakemake is SIGKILLed while a training job runs; the job itself finishes (its output complete,
+    still marked incomplete). The README's recovery: `snakemake --unlock`, then the same command. The
+    tables then equal the clean run's byte for byte."""
+    import shutil
+    import time
+
+    copy = tmp_path / "dag"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    model = copy / "resources" / "micro" / "models" / "l3m_len0"
+    out = copy / "results" / "micro"
+    for p in (model, out / "metrics" / "l3m_len0"):  # retrain it (the same config: the same model) and rescore it
+        shutil.rmtree(p)
+    for p in [*(out / "samples").glob("l3m_len0.jsonl*"), *(out / "tables").glob("metrics.csv*"),
+              *(out / "tables").glob("length_experiment.csv*")]:
+        p.unlink()  # (Snakemake rebuilds a missing intermediate only when a requested output needs it)
+    args = ["--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(copy)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen(SNAKEMAKE + args, cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = model.parent / "l3m_len0.work"
+    deadline = time.time() + 300
+    while not work.exists() and time.time() < deadline:
+        assert proc.poll() is None, "snakemake ended before it could be killed"
+        time.sleep(0.05)
+    proc.kill()  # Snakemake only: its training job goes on and completes its output
+    proc.wait(timeout=60)
+    while not (model.exists() and not work.exists()) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert model.exists()
+    assert run(["--unlock"] + args, cwd=copy).returncode == 0
+    p = run(args, cwd=copy)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for table in ("metrics.csv", "length_experiment.csv", "two_reward.csv"):
+        got = (copy / "results" / "micro" / "tables" / table).read_bytes()
+        assert got == (micro_run / "results" / "micro" / "tables" / table).read_bytes(), table
+
+
+def test_tables_and_figures_are_byte_reproducible(micro_run, tmp_path):
+    """Rebuilding every table and figure from the same results gives the same bytes (no timings in
+    tables, no creation dates in PDFs); timings live in benchmarks/."""
+    import shutil
+
+    copy = tmp_path / "dag"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    out = copy / "results" / "micro"
+    files = sorted(p for p in list((out / "tables").glob("*")) + list((out / "figures").rglob("*.p*")) if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    rules = ["aggregate", "figure1", "metrics_figure", "figure2", "training_curves", "two_reward"]
+    p = run(["--cores", "2", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(copy),
+             "--forcerun"] + rules, cwd=copy)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert {p.name for p in files} >= {"metrics.csv", "length_experiment.csv", "two_reward.csv", "fig2_length.pdf"}
+    changed = [str(p.relative_to(out)) for p in files if p.read_bytes() != before[p]]
+    assert not changed, changed
+    for table in ("length_experiment.csv", "two_reward.csv", "metrics.csv"):
+        assert "wall_clock" not in (out / "tables" / table).read_text().splitlines()[0]
+
+
+def test_config_mistakes_are_named_before_any_job(tmp_path):
+    """A configfile without a name, nested --config overrides, a YAML syntax error."""
+    (tmp_path / "noname.yaml").write_text("seed: 3\n")
+    p = run(["-n", "--cores", "1", "--configfile", str(tmp_path / "noname.yaml"), "--directory", str(tmp_path)],
+            cwd=tmp_path)
+    assert p.returncode != 0 and "config.name: missing in" in p.stdout + p.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+    p = run(["-n", "--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(tmp_path),
+             "--config", 'l3m={"steps": 5, "temperature": 0.7}'], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import yaml
+
+    (resolved,) = (tmp_path / "resources" / "micro" / "config").glob("*.yaml")
+    l3m = yaml.safe_load(resolved.read_text())["l3m"]
+    assert l3m["steps"] == 5 and l3m["temperature"] == 0.7  # typed, not the strings Snakemake passes
+    (tmp_path / "bad.yaml").write_text("name: x\nl3m: [\n")
+    c = subprocess.run([sys.executable, "-m", "methods.cli", "check", str(tmp_path / "bad.yaml")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert c.returncode == 2 and f"{tmp_path / 'bad.yaml'}:3:1: not valid YAML" in c.stderr

@@ -51,6 +51,8 @@ def _message(err) -> str:
         return f"{_field(err.absolute_path)}: {err.instance!r} has the wrong type; expected {err.validator_value}"
     if err.validator == "enum":
         return f"{_field(err.absolute_path)}: {err.instance!r} is not one of {err.validator_value}"
+    if err.validator == "pattern" and err.schema.get("description"):
+        return f"{_field(err.absolute_path)}: {err.instance!r} is not allowed here; {err.schema['description']}"
     return f"{_field(err.absolute_path)}: {err.message}"
 
 
@@ -79,7 +81,7 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
         if r["type"] == "hf_classifier" and not r.get("path"):
             errs.append(f"config.rewards.{name}.path: an hf_classifier reward needs a model folder or hub id")
         elif r["type"] == "hf_classifier" and check_paths:
-            errs += _local_path_error(f"config.rewards.{name}.path", r["path"])
+            errs += _local_path_error(f"config.rewards.{name}.path", r["path"], offline=cfg["offline"])
         if r["type"] == "reward_model" and r.get("path"):
             errs.append(f"config.rewards.{name}.path: a reward_model reward is trained by the DAG; for a ready "
                         f"model folder or hub id use type: hf_classifier")
@@ -166,17 +168,18 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
         if not d["hf"]["path"]:
             errs.append("config.data.hf.path: data.source is 'hf' but no hub id or local folder is given")
         elif check_paths:
-            errs += _local_path_error("config.data.hf.path", d["hf"]["path"])
+            errs += _local_path_error("config.data.hf.path", d["hf"]["path"], offline=cfg["offline"])
     if p["source"] == "hf":
         if not p["hf"]["path"]:
             errs.append("config.preferences.hf.path: preferences.source is 'hf' but no hub id or local folder is given")
         elif check_paths:
-            errs += _local_path_error("config.preferences.hf.path", p["hf"]["path"])
+            errs += _local_path_error("config.preferences.hf.path", p["hf"]["path"], offline=cfg["offline"])
     if b["source"] == "hf":
         if not b["hf"]["name_or_path"]:
             errs.append("config.base_model.hf.name_or_path: base_model.source is 'hf' but no hub id or folder is given")
         elif check_paths:
-            errs += _local_path_error("config.base_model.hf.name_or_path", b["hf"]["name_or_path"], need="config.json")
+            errs += _local_path_error("config.base_model.hf.name_or_path", b["hf"]["name_or_path"], need="config.json",
+                                      offline=cfg["offline"])
     if b["source"] == "pretrain":
         pre = b["pretrain"]
         if pre["hidden_size"] % pre["num_heads"]:
@@ -198,20 +201,43 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
     return errs
 
 
-def _local_path_error(field: str, value: str, need: str | None = None) -> list[str]:
-    """A value that looks like a path (absolute, ./, ../ or ~) must exist; a hub id is left to the hub."""
-    if not value.startswith(("/", "./", "../", "~")):
-        return []
+def _local_path_error(field: str, value: str, need: str | None = None, offline: bool = False) -> list[str]:
+    """A value that looks like a path (absolute, ./, ../ or ~) or names an existing folder must be a
+    usable local folder; anything else is a hub id, which an offline config cannot load."""
     p = Path(value).expanduser()
-    if not p.exists():
-        return [f"{field}: local path {value} does not exist; fix the path or use a hub id"]
-    if need and not (p / need).exists():
-        return [f"{field}: {value} holds no {need}; point it at an HF model folder"]
+    if value.startswith(("/", "./", "../", "~")) or p.exists():
+        if not p.exists():
+            return [f"{field}: local path {value} does not exist; fix the path or use a hub id"]
+        if need and not (p / need).exists():
+            return [f"{field}: {value} holds no {need}; point it at an HF model folder"]
+        return []
+    if offline:
+        return [f"{field}: {value!r} is not a local folder (nothing at {p.absolute()}), so it would be a hub id, but "
+                f"this config runs offline (offline: true: no network, nothing is downloaded); point it at a local "
+                f"folder (./path, ../path, an absolute path or an existing relative one), or set offline: false "
+                f"where a hub is reachable"]
+    if value.count("/") > 1:
+        return [f"{field}: {value!r} is neither an existing local folder nor a hub id (org/name); fix the path"]
     return []
 
 
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a mapping; a syntax error names the file, line and column."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e}); fix the syntax there") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs at least `name: <run name>`")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = read_config_file(path)
     if overrides:
         raw = deep_merge(raw, overrides)
     return validate_config(raw)

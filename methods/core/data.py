@@ -94,15 +94,17 @@ def load_hf(hf: dict, field: str, required: tuple[tuple[str, ...], ...] = (), ba
     path = hf["path"]
     kwargs = {k: hf[k] for k in ("name", "data_dir") if hf.get(k)}
     report = {"policy": bad_rows, "malformed": [], "empty": []}
+    where = None  # per row: file:line (local jsonl) or "row i of <path>"
     if Path(path).is_dir():
         files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
         if not files:
             raise FileNotFoundError(f"{field}: local folder {path} holds no .jsonl/.json/.parquet files")
         if all(f.endswith(".jsonl") for f in files):
-            rows = []
+            rows, where = [], []
             for f in files:
                 got, rep = scan_jsonl(f, bad_rows)
                 rows += got
+                where += [f"{f}:{i}" for i in rep["lines"]]
                 report["malformed"] += [f"{f}:{i}" for i in rep["malformed"]]
                 report["empty"] += [f"{f}:{i}" for i in rep["empty"]]
         else:
@@ -110,14 +112,23 @@ def load_hf(hf: dict, field: str, required: tuple[tuple[str, ...], ...] = (), ba
             rows = list(datasets.load_dataset(kind, data_files=files, split="train"))
     else:
         rows = list(datasets.load_dataset(path, split=hf.get("split", "train"), **kwargs))
+    where = where or [f"row {i} of {path}" for i in range(len(rows))]
+    fix = "fix the data or set bad_rows: skip in that config section to skip (and count) such rows"
     kept = []
-    for i, row in enumerate(rows):
-        if required and not any(all(_filled(row.get(k)) for k in keys) for keys in required):
+    for at, row in zip(where, rows):
+        keys = next((ks for ks in required if all(_filled(row.get(k)) for k in ks)), None)
+        if required and keys is None:
             if bad_rows == "error":
-                raise ValueError(f"{field}: row {i} of {path} has none of the fields "
-                                 f"{' or '.join('/'.join(k) for k in required)} filled in ({sorted(row)}); fix the "
-                                 f"data or set bad_rows: skip in that config section to skip (and count) such rows")
-            report["empty"].append(f"row {i}")
+                raise ValueError(f"{field}: {at} has none of the fields "
+                                 f"{' or '.join('/'.join(k) for k in required)} filled in ({sorted(row)}); {fix}")
+            report["empty"].append(at)
+            continue
+        wrong = next((k for k in keys or () if not _is_text(k, row[k])), None)
+        if wrong is not None:
+            if bad_rows == "error":
+                raise ValueError(f"{field}: {at}: field {wrong!r} holds {str(row[wrong])[:60]!r} "
+                                 f"({type(row[wrong]).__name__}), expected text; {fix}")
+            report["malformed"].append(at)
             continue
         kept.append(row)
     if report["malformed"] or report["empty"]:
@@ -125,6 +136,14 @@ def load_hf(hf: dict, field: str, required: tuple[tuple[str, ...], ...] = (), ba
               f"{path} (bad_rows: skip); listed in the data card")
     return kept, {**report, "n_malformed": len(report["malformed"]), "n_empty": len(report["empty"]),
                   "n_kept": len(kept)}
+
+
+def _is_text(key: str, v) -> bool:
+    """Text fields hold strings; ``messages`` is a list of {role, content} with string content."""
+    if key == "messages":
+        return isinstance(v, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                           and isinstance(m.get("role"), str) for m in v)
+    return isinstance(v, str)
 
 
 def _filled(v) -> bool:
@@ -147,6 +166,10 @@ def hf_conversations(hf: dict) -> tuple[list[tuple[str, list[tuple[str, str]], d
             raise ValueError(f"data.hf: rows of {path} need a 'messages' column or 'prompt'/'response' columns; "
                              f"got {sorted(row)}")
         out.append((f"{cid}", conv, {}))
+    if not out:
+        raise ValueError(f"data.hf.path: {path} holds no usable rows ({report['n_malformed']} malformed, "
+                         f"{report['n_empty']} empty); point data.hf.path at a folder of jsonl/parquet files with "
+                         f"'messages' or 'prompt'/'response' columns")
     return out, report
 
 
@@ -154,7 +177,11 @@ def hf_conversations(hf: dict) -> tuple[list[tuple[str, list[tuple[str, str]], d
 # pairs and splits
 # --------------------------------------------------------------------------------------------
 
-def conversation_pairs(cid, conv, meta, context_turns: int, max_chars: int, source: str) -> list[dict]:
+def conversation_pairs(cid, conv, meta, context_turns: int, max_chars: int, source: str,
+                       dropped: dict | None = None) -> list[dict]:
+    """(previous ``context_turns`` turns -> next turn) pairs of one conversation. Pairs with an empty
+    side, a response over ``max_chars`` characters or a prompt over ``max_chars * context_turns`` are
+    left out and counted in ``dropped`` ("empty", "too_long"), which the data card reports."""
     pairs = []
     for i in range(1, len(conv)):
         role, text = conv[i]
@@ -162,7 +189,11 @@ def conversation_pairs(cid, conv, meta, context_turns: int, max_chars: int, sour
             continue
         context = [t for _, t in conv[max(0, i - context_turns):i]]
         prompt = "\n".join(context)
-        if not prompt or not text or len(text) > max_chars or len(prompt) > max_chars * context_turns:
+        why = ("empty" if not prompt or not text else
+               "too_long" if len(text) > max_chars or len(prompt) > max_chars * context_turns else None)
+        if why:
+            if dropped is not None:
+                dropped[why] = dropped.get(why, 0) + 1
             continue
         pairs.append({"id": f"{cid}:{i}", "prompt": prompt, "response": text, "source": source})
     return pairs
@@ -198,9 +229,10 @@ def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
     rng.shuffle(order)
     pools = {s: [] for s in SPLITS}
     counts_conv = {s: 0 for s in SPLITS}
+    dropped = {"empty": 0, "too_long": 0}
     for idx in order:
         cid, conv, meta, source = convs[idx]
-        pairs = conversation_pairs(cid, conv, meta, cfg["context_turns"], cfg["max_chars"], source)
+        pairs = conversation_pairs(cid, conv, meta, cfg["context_turns"], cfg["max_chars"], source, dropped)
         if not pairs:
             continue
         for split in ("test", "val"):
@@ -213,8 +245,12 @@ def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
             counts_conv["train"] += 1
     for split in ("test", "val"):
         if counts_conv[split] < cfg[f"n_{split}"]:
-            raise ValueError(f"data.n_{split}: asked for {cfg[f'n_{split}']} pairs, the source has only "
-                             f"{counts_conv[split]} usable conversations; lower data.n_{split}")
+            usable = sum(counts_conv.values())
+            raise ValueError(f"data.n_{split}: {cfg[f'n_{split}']} held-out conversations asked for, but "
+                             f"{info['source']} has {usable} usable conversations in all ({len(convs)} read; "
+                             f"pairs left out: {dropped['empty']} with an empty side, {dropped['too_long']} over "
+                             f"data.max_chars = {cfg['max_chars']}); lower data.n_test and data.n_val, raise "
+                             f"data.max_chars, or add data")
         # pairs drawn at random from the held-out conversations' pairs: the same distribution as train
         # (long conversations contribute more pairs), so a constraint met on train prompts is checked
         # on like prompts (one pair per conversation had shifted SFT's rating reward by 0.3 std)
@@ -237,6 +273,8 @@ def build_task_splits(cfg: dict, out_dir: str | Path) -> dict:
         "task": "prompt (previous turns, newline-joined) -> next turn",
         "context_turns": cfg["context_turns"],
         "max_chars": cfg["max_chars"],
+        "pairs_left_out": {**dropped, "rule": "a pair with an empty prompt or response, a response over max_chars "
+                                              "characters or a prompt over max_chars * context_turns is left out"},
         "split_seed": cfg["split_seed"],
         "split_rule": "by conversation: shuffled with split_seed; test/val each reserve n conversations and "
                       "draw n pairs at random from all their pairs (the train distribution); train takes every "

@@ -72,26 +72,32 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def scan_jsonl(path: str | os.PathLike, on_bad: str = "error") -> tuple[list[dict], dict]:
     """Read a user-supplied jsonl file, counting bad lines instead of stopping at the first.
 
-    Malformed lines (not JSON, or not a JSON object) and blank lines are listed by line number in
-    the returned report. ``on_bad="error"`` raises on the first of them, naming file and line;
-    ``"skip"`` leaves them out. Either way nothing is dropped without being counted."""
-    rows, report = [], {"file": str(path), "malformed": [], "empty": []}
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            kind = None
-            if not line.strip():
+    Malformed lines (not UTF-8, not JSON, or not a JSON object) and blank lines are listed by line
+    number in the returned report (``lines``: the line number of each row returned). ``on_bad="error"``
+    raises on the first of them, naming file and line; ``"skip"`` leaves them out. Either way nothing
+    is dropped without being counted."""
+    rows, report = [], {"file": str(path), "malformed": [], "empty": [], "lines": []}
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            kind, why, obj = None, "", None
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line, kind, why = None, "malformed", f" (not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            if line is not None and not line.strip():
                 kind = "empty"
-            else:
+            elif line is not None:
                 try:
                     obj = json.loads(line)
-                    kind = None if isinstance(obj, dict) else "malformed"
-                except json.JSONDecodeError:
-                    kind = "malformed"
+                    kind, why = (None, "") if isinstance(obj, dict) else ("malformed", " (not a JSON object)")
+                except json.JSONDecodeError as e:
+                    kind, why = "malformed", f" (not JSON: {e.msg.removesuffix(' at')}, column {e.colno})"
             if kind is None:
                 rows.append(obj)
+                report["lines"].append(i)
                 continue
             if on_bad == "error":
-                raise ValueError(f"{path}:{i}: {kind} jsonl row; fix the file or set bad_rows: skip in the data "
+                raise ValueError(f"{path}:{i}: {kind} jsonl row{why}; fix the file or set bad_rows: skip in the data "
                                  f"section of the config to skip (and count) such rows")
             report[kind].append(i)
     return rows, report

@@ -1,6 +1,7 @@
 # Config loading, validation (before any job starts) and the paths every rule shares.
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,24 @@ sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
 
-if "name" not in config:  # no --configfile: the embedded default (plus any --config key=value)
+def _yaml_typed(value):
+    """Snakemake reads the values nested in --config 'section={"key": 5}' as strings: type them as YAML."""
+    if isinstance(value, dict):
+        return {k: _yaml_typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_typed(v) for v in value]
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+_cli = {k: _yaml_typed(v) if isinstance(v, (dict, list)) else v for k, v in dict(workflow.config_settings.config).items()}
+config.update(deep_merge(dict(config), _cli))
+if "name" not in config:
+    if workflow.config_settings.configfiles:  # a named config must say where its outputs go
+        raise WorkflowError(
+            f"config.name: missing in {', '.join(map(str, workflow.config_settings.configfiles))}; every configfile "
+            f"needs a name (its outputs go to resources/<name>/ and results/<name>/); without one it would write "
+            f"over the embedded default's results/default")
+    # no --configfile: the embedded default (plus any --config key=value)
     _default = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
     config.update(deep_merge(_default, dict(config)))
 try:
@@ -26,14 +44,22 @@ TABLE = f"{OUT}/tables/metrics.csv"
 LOG = f"logs/{NAME}"
 BENCH = f"{OUT}/benchmarks"
 PY = sys.executable
-ENV = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false"
+# offline: true (the embedded configs) runs every job without hub access; offline: false leaves the
+# user's environment alone, so hub ids download where a hub is reachable
+ENV = (f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} TOKENIZERS_PARALLELISM=false"
+       + (" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" if CFG["offline"] else ""))
 
-# The resolved config (defaults filled in) every job reads; rewritten only when it changes.
-CONFIG_FILE = f"{RES}/config.resolved.yaml"
+# The resolved config (defaults filled in) every job of this invocation reads, content-addressed:
+# resources/<name>/config/<hash>.yaml is written once and never rewritten, so a second `snakemake`
+# with the same name and another config (even a dry run, even one that then fails on the lock)
+# writes its own file and cannot change what the jobs of a running study read.
 _text = yaml.safe_dump(CFG, sort_keys=False)
-if not Path(CONFIG_FILE).exists() or Path(CONFIG_FILE).read_text() != _text:
+CONFIG_FILE = f"{RES}/config/{hashlib.sha256(_text.encode()).hexdigest()[:16]}.yaml"
+if not Path(CONFIG_FILE).exists():
     Path(CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    Path(CONFIG_FILE).write_text(_text)
+    _tmp = Path(f"{CONFIG_FILE}.{os.getpid()}.tmp")
+    _tmp.write_text(_text)
+    _tmp.replace(CONFIG_FILE)
 
 LENGTH = CFG["experiments"]["length"]
 TWO = CFG["experiments"]["two_reward"]

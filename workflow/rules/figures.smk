@@ -93,7 +93,7 @@ rule cost_table:
     input:
         [model_dir(m) for m in ["sft"] + [v for v in VARIANTS if v.startswith(("l3m_pt", "mm_pt"))]],
     output:
-        report(f"{OUT}/tables/cost.csv", category="Tables", caption="../report/cost.rst"),
+        report(f"{BENCH}/cost.csv", category="Benchmarks", caption="../report/cost.rst"),
     params:
         bench=BENCH,
     log:
