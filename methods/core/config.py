@@ -156,11 +156,10 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
         for i, row in enumerate(cfg["ablations"]["settings"]):
             if not {"mu0", "mu_min", "mu_decay"} & set(row):
                 continue  # the main schedule, checked above
-            merged = {**l3, **{k: v for k, v in row.items() if k != "name"}}
-            if merged["mu_min"] > merged["mu0"]:
-                errs.append(f"config.ablations.settings[{i}] ({row['name']}): mu_min {merged['mu_min']} > mu0 {merged['mu0']}")
-            elif mu_schedule_error(merged):
-                errs.append(mu_schedule_error(merged, f"config.ablations.settings[{i}] ({row['name']})"))
+            merged, field = {**l3, **row}, f"config.ablations.settings[{i}] ({row['name']})"
+            err = (f"{field}: mu_min {merged['mu_min']} > mu0 {merged['mu0']}" if merged["mu_min"] > merged["mu0"]
+                   else mu_schedule_error(merged, field))
+            errs += [err] if err else []
     if l3["baseline"] == "loo" and l3["samples_per_prompt"] < 2 and l3["sample_prompts"] < 2:
         errs.append("config.l3m.baseline: a leave-one-out baseline needs at least 2 samples per step")
     d, b, p = cfg["data"], cfg["base_model"], cfg["preferences"]
