@@ -13,6 +13,9 @@ of every response of a tiny Llama in tests/test_estimators.py):
   EOS), at the sampling temperature, behind the prompt ids it was sampled from. With a baseline
   that does not depend on the sample it multiplies (leave-one-out over the prompt's other samples;
   the EMA of earlier steps; none), the expectation of the estimate is exactly grad C_i.
+- ``sequence_scaled``: the ``sequence`` surrogate divided by the constant max_new_tokens + 1
+  (``pg_divisor``): expectation exactly grad C_i / (max_new_tokens + 1), the exact direction at
+  the per-token scale of the normalised form (a smaller barrier step before clipping).
 - ``length_normalized`` (the paper-style form): log pi(y|x) / |y| (|y| = response tokens + EOS).
   Its expectation is grad E[g_i/|y|] - E[baseline] * grad E[1/|y|] with g and |y| held fixed,
   which is not grad C_i: it can point away from it (cosine -0.3 on a flexible policy).
@@ -158,7 +161,7 @@ def l3m_direction(grad_task: torch.Tensor, grads_c: torch.Tensor, c: torch.Tenso
 def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from tqdm.auto import tqdm
 
-    from methods.core.onpolicy import OnPolicyRun, clip_and_get, constraint_scales
+    from methods.core.onpolicy import OnPolicyRun, clip_and_get, constraint_scales, pg_divisor
 
     c = cfg["l3m"]
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"], constraint_scales(cfg))
@@ -188,7 +191,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
         base = pg_baseline(g, c["baseline"], c["samples_per_prompt"], c_prev)
-        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum()
+        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / pg_divisor(c)
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":

@@ -13,7 +13,8 @@ With ``l3m.pg_estimator: sequence`` (default) kl is the sequence log-ratio log p
 log pi_SFT(y|x) (summed over the response tokens, both at the sampling temperature), so the
 estimate's expectation is exactly sum_i lambda_i grad C_i + beta grad KL(pi || pi_SFT) over whole
 responses: the sequence-level KL and summed log-probabilities TRL's RLOOTrainer (the mixture
-baseline) uses. With ``length_normalized`` both log pi and kl are per-token means (the paper-style
+baseline) uses. ``sequence_scaled`` divides that policy-gradient loss by max_new_tokens + 1
+(expectation: the same gradient over the constant). With ``length_normalized`` both log pi and kl are per-token means (the paper-style
 form, biased like L3M's: see methods/l3m.py). Needs the separate SFT stage and a frozen reference
 copy: the costs L3M avoids.
 """
@@ -51,7 +52,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from tqdm.auto import tqdm
 
     from methods.core.models import load_model
-    from methods.core.onpolicy import OnPolicyRun, constraint_scales
+    from methods.core.onpolicy import OnPolicyRun, constraint_scales, pg_divisor
 
     m, c = cfg["mm"], cfg["l3m"]
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"], constraint_scales(cfg))
@@ -86,7 +87,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
                                          state.get("cost_ema"))
         state["cost_ema"] = ema_update(state.get("cost_ema"), run.global_mean(cost.mean(-1).detach()).cpu(), c["ema"])
         run.opt.zero_grad(set_to_none=True)
-        (m["task_weight"] * task_loss + pg_loss).backward()
+        (m["task_weight"] * task_loss + pg_loss / pg_divisor(c)).backward()
         run.sync_grads()
         gnorm = torch.nn.utils.clip_grad_norm_(run.params, m["max_grad_norm"]).item()
         run.check_finite(step, {"grad_norm": gnorm, "task_loss": task_loss.item()})

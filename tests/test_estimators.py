@@ -350,3 +350,35 @@ def test_a_schedule_that_stops_short_of_mu_min_is_a_config_error(micro_cfg):
         validate_config(deep_merge(micro_cfg, {"l3m": {"steps": 160, "mu_decay": 0.75, "mu_every": 10}}))
     cfg = validate_config(deep_merge(micro_cfg, {"l3m": {"steps": 160, "mu_decay": 0.735642, "mu_every": 10}}))
     assert cfg["l3m"]["mu_decay"] == 0.735642
+
+
+@pytest.mark.parametrize("method", ["l3m", "mm"])
+def test_sequence_scaled_is_the_sequence_step_over_a_constant(tmp_path, micro_cfg, micro_model_dir, method):
+    """One real step of each trainer from the same model and seed (so the same samples): the
+    policy-gradient part's gradient before clipping is the sequence one divided by exactly
+    max_new_tokens + 1, and the task gradient is unchanged. With the enumeration tests above (the
+    sequence estimate's expectation is grad C), the scaled one's is grad C / (max_new_tokens + 1)."""
+    import json
+
+    from methods import l3m, minimax
+    from methods.core.config import deep_merge, validate_config
+    from methods.core.data import build_task_splits
+
+    data = tmp_path / "data"
+    build_task_splits(dict(micro_cfg["data"], n_train=40), data)
+    norms = {}
+    for est in ("sequence", "sequence_scaled"):
+        cfg = validate_config(deep_merge(micro_cfg, {
+            "constraints": [{"reward": "length", "band": [0, 3]}],
+            "l3m": {"steps": 1, "batch_size": 4, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
+                    "mu_decay": 1.0, "logging_steps": 1, "pg_estimator": est, "barrier_max_norm": 1e6},
+            "mm": {"steps": 1, "task_weight": 0.0, "lambda0": 1.0, "max_grad_norm": 1e6, "logging_steps": 1},
+            "experiments": {"length": {"enabled": False}}}))
+        out = tmp_path / f"{method}_{est}"
+        (l3m if method == "l3m" else minimax).train(cfg, str(micro_model_dir), str(out), str(data))
+        norms[est] = json.loads(open(out / "train_log.jsonl").readline())
+    key = "grad_norm_barrier" if method == "l3m" else "grad_norm"
+    assert norms["sequence"][key] > 1e-3
+    assert norms["sequence"][key] / norms["sequence_scaled"][key] == pytest.approx(13.0, rel=1e-4)
+    if method == "l3m":
+        assert norms["sequence"]["grad_norm_task"] == pytest.approx(norms["sequence_scaled"]["grad_norm_task"], rel=1e-6)
