@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.minimax import dual_ascent
+from methods.core.constraints import dual_ascent
 
 
 def margins(lp_w, lp_l, ref_w, ref_l) -> torch.Tensor:
@@ -55,7 +55,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from methods.core.io import read_jsonl
     from methods.core.models import load_model
     from methods.core.onpolicy import OnPolicyRun
-    from methods.dpo import pairs_dir
+    from methods.core.io import pairs_dir
 
     p = cfg["cpo"]
     run = OnPolicyRun(cfg, "cpo", init_dir, out_dir, data_dir, steps=p["steps"], lr=p["lr"], warmup=0.05,

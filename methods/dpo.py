@@ -8,15 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from methods.core.io import read_jsonl
+from methods.core.io import pairs_dir, read_jsonl
 from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything
-
-
-def pairs_dir(data_dir: str | Path, name: str) -> Path:
-    """Pair sets live beside the task data: <data>/../preferences, <data>/../contrast."""
-    return Path(data_dir).parent / name
 
 
 def conversational_pairs(rows: list[dict]) -> list[dict]:

@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from methods.l3m import ema_update, expand_constraints, pg_baseline, pg_surrogate
-
-
-def dual_ascent(lam: torch.Tensor, c: torch.Tensor, lr: float) -> torch.Tensor:
-    """Projected dual ascent: lambda <- max(0, lambda + lr * C) (C > 0: violated, lambda grows)."""
-    return (lam + lr * c).clamp(min=0.0)
+from methods.core.constraints import (constraint_scales, dual_ascent, ema_update, expand_constraints, pg_baseline,
+                                      pg_divisor, pg_surrogate)
 
 
 def lagrangian_cost(g: torch.Tensor, lam: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
@@ -52,7 +48,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from tqdm.auto import tqdm
 
     from methods.core.models import load_model
-    from methods.core.onpolicy import OnPolicyRun, constraint_scales, pg_divisor
+    from methods.core.onpolicy import OnPolicyRun
 
     m, c = cfg["mm"], cfg["l3m"]
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"], constraint_scales(cfg))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from methods.cpo import cpo_loss, margins
-from methods.minimax import dual_ascent, lagrangian_cost
+from methods.core.constraints import dual_ascent
+from methods.minimax import lagrangian_cost
 
 
 def test_dual_ascent_is_projected():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from methods.core.onpolicy import sample_logprob
-from methods.l3m import pg_baseline, pg_surrogate
+from methods.core.constraints import pg_baseline, pg_surrogate
 from methods.minimax import mm_surrogate
 
 PAD, EOS, A, B = 0, 1, 2, 3

@@ -5,8 +5,8 @@ import math
 import torch
 
 from methods.barrier import multipliers, relaxed_log_barrier
-from methods.l3m import (ema_update, expand_constraints, l3m_direction, loo_baseline, mu_at,
-                         pg_surrogate)
+from methods.core.constraints import ema_update, expand_constraints, loo_baseline, pg_surrogate
+from methods.l3m import l3m_direction, mu_at
 
 
 def test_band_expands_to_two_normalised_constraints():

@@ -47,3 +47,21 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_fsdp(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def all_processes_done(done: bool) -> bool:
+    """Whether ``done`` holds on every process (one all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([0.0 if done else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.item() == 0

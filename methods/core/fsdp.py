@@ -13,14 +13,6 @@ from __future__ import annotations
 import torch
 
 
-def is_fsdp(model) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch without FSDP2
-        return False
-    return isinstance(model, FSDPModule)
-
-
 def shard(model, hardware: dict) -> None:
     """fully_shard each decoder layer, then the whole model (embeddings, final norm and LM head,
     tied or not, in the root group). bf16 on CUDA: bf16 compute and parameters in the forward, fp32
@@ -81,12 +73,3 @@ def load_optimizer(model, opt, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, opt, optim_state_dict=state, options=_options())
-
-
-def all_processes_done(done: bool) -> bool:
-    """Whether ``done`` holds on every process (one all-reduce)."""
-    import torch.distributed as dist
-
-    t = torch.tensor([0.0 if done else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)
-    return t.item() == 0

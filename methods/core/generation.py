@@ -80,7 +80,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
     step_pos = pos[:, -1:] + 1
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    from methods.core.fsdp import all_processes_done, is_fsdp
+    from methods.core.distributed import all_processes_done, is_fsdp
 
     lockstep = is_fsdp(model)  # sharded forwards are collectives: stop when every process's rows have ended
     for t in range(max_new_tokens):

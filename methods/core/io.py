@@ -101,3 +101,8 @@ def scan_jsonl(path: str | os.PathLike, on_bad: str = "error") -> tuple[list[dic
                                  f"section of the config to skip (and count) such rows")
             report[kind].append(i)
     return rows, report
+
+
+def pairs_dir(data_dir: str | Path, name: str) -> Path:
+    """Pair sets live beside the task data: <data>/../preferences, <data>/../contrast."""
+    return Path(data_dir).parent / name

@@ -19,7 +19,7 @@ def target_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     Inputs are right-padded (batch, T). Returns (batch, T) float32; position 0 is never a target.
     A sharded (FSDP) model computes it inside its own forward (methods/core/fsdp.py)."""
-    from methods.core.fsdp import is_fsdp
+    from methods.core.distributed import is_fsdp
 
     if is_fsdp(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, target_mask=target_mask,

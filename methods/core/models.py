@@ -286,12 +286,6 @@ def prepare_work_dir(work: Path, config: dict) -> Path:
     return work
 
 
-def last_checkpoint(work: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if work.is_dir():
-        return get_last_checkpoint(str(work))
-    return None
 
 
 def _last_loss(trainer) -> float | None:

@@ -48,20 +48,6 @@ def sample_logprob(model, tok, samples: list[dict], ctx: int, device, *, mean: b
     return seq_logprob(model, seqs, starts, tok.pad_token_id, mean, device, temperature)
 
 
-def pg_divisor(section: dict) -> float:
-    """What the policy-gradient surrogate is divided by: ``max_new_tokens + 1`` (the longest response
-    with its EOS) for ``pg_estimator: sequence_scaled``, else 1. A constant, so the scaled estimate's
-    expectation is the exact gradient divided by it, at most the per-token scale of
-    ``length_normalized`` for every sample."""
-    return float(section["max_new_tokens"] + 1) if section["pg_estimator"] == "sequence_scaled" else 1.0
-
-
-def constraint_scales(cfg: dict) -> dict:
-    """Per reward, what its constraints are divided by when normalised: None = |bound| (rules such
-    as length), 1.0 for rewards already in reference-std units (normalised reward models)."""
-    return {n: (1.0 if r["type"] != "length" and r.get("normalize", True) else None) for n, r in cfg["rewards"].items()}
-
-
 def clip_and_get(params, max_norm: float) -> tuple[list[torch.Tensor], float]:
     """Clip the current gradients to ``max_norm``; return copies of them and the norm before clipping."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 
 EXIT_CODE = 143
 _STATE = {"signal": None}
@@ -77,11 +78,18 @@ def guard_callbacks():
     return PreemptionCallback(), FiniteLossCallback()
 
 
+def last_checkpoint(work) -> str | None:
+    """The newest HF Trainer checkpoint in the work folder ``work`` (None without one)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if Path(work).is_dir():
+        return get_last_checkpoint(str(work))
+    return None
+
+
 def run_trainer(trainer, work) -> str | None:
     """``trainer.train()`` resumed from the last checkpoint in ``work`` (if any) with the guards
     above; raises ``Preempted`` when a signal stopped it. Returns the checkpoint it resumed from."""
-    from methods.core.models import last_checkpoint
-
     pre, fin = guard_callbacks()
     trainer.add_callback(pre)
     trainer.add_callback(fin)
