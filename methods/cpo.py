@@ -31,19 +31,12 @@ def cpo_loss(m_obj: torch.Tensor, m_con: torch.Tensor, beta: float, tau: float, 
     return dpo + lam * violation, dpo, violation
 
 
-def _encode(tok, rows, key, ctx):
-    """(sequences, response starts) of prompt + ``row[key]``, cut to ``ctx`` by fit_to_context."""
-    from methods.core.models import encode_pair, fit_to_context
-
-    cut = [fit_to_context(*encode_pair(tok, r["prompt"], r[key]), ctx) for r in rows]
-    return [ids for ids, _ in cut], [st for _, st in cut]
-
-
 def pair_logps(model, tok, rows, ctx, device) -> list[torch.Tensor]:
     """Summed log-probabilities of the chosen and of the rejected responses (TRL DPO's convention)."""
+    from methods.core.models import encode_target
     from methods.core.onpolicy import seq_logprob
 
-    return [seq_logprob(model, *_encode(tok, rows, key, ctx), tok.pad_token_id, False, device)
+    return [seq_logprob(model, *encode_target(tok, rows, key, ctx), tok.pad_token_id, False, device)
             for key in ("chosen", "rejected")]
 
 

@@ -152,3 +152,17 @@ def test_bf16_on_cpu_rejected():
     cfg = copy.deepcopy(base())
     cfg["hardware"]["bf16"] = True
     assert "config.hardware.bf16" in errors_of(cfg)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_named():
+    """The config check and the trainer's own check (torchrun with another world size) are one rule."""
+    from methods.core.distributed import split_errors
+
+    cfg = copy.deepcopy(base())
+    cfg["hardware"]["processes"] = 3
+    msg = errors_of(cfg)
+    assert "config.l3m.batch_size: 32 does not split over hardware.processes = 3; use a multiple of 3" in msg
+    assert "config.l3m.sample_prompts: 8 does not split" in msg
+    assert split_errors({"batch_size": 8, "sample_prompts": 4}, 4, "l3m", "4 processes") == []
+    assert split_errors({"batch_size": 6, "sample_prompts": 4}, 4, "l3m", "4 processes") == [
+        "l3m.batch_size: 6 does not split over 4 processes; use a multiple of 4"]

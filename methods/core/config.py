@@ -189,11 +189,10 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
                         f"base_model.pretrain.max_length {pre['max_length']}")
     if cfg["hardware"]["device"] == "cpu" and cfg["hardware"]["bf16"]:
         errs.append("config.hardware.bf16: bf16 mixed precision needs hardware.device: cuda")
+    from methods.core.distributed import split_errors
+
     procs = cfg["hardware"]["processes"]
-    for key in ("batch_size", "sample_prompts"):  # L3M and MM split both over the processes
-        if cfg["l3m"][key] % procs:
-            errs.append(f"config.l3m.{key}: {cfg['l3m'][key]} does not split over hardware.processes = {procs}; "
-                        f"use a multiple of {procs}")
+    errs += split_errors(cfg["l3m"], procs, "config.l3m", f"hardware.processes = {procs}")
     if cfg["hardware"]["fsdp"] and cfg["hardware"]["processes"] < 2:
         errs.append("config.hardware.fsdp: sharding needs hardware.processes >= 2 (one per GPU); "
                     "set processes or fsdp: false")

@@ -24,6 +24,13 @@ def init_distributed(device: str) -> tuple[int, int, int]:
     return 1, 0, 0
 
 
+def split_errors(section: dict, world: int, field: str, what: str) -> list[str]:
+    """The on-policy trainers split the task batch and the sampled prompts over the processes: one
+    message per setting of ``section`` that does not split over ``world`` (``what`` names it)."""
+    return [f"{field}.{key}: {section[key]} does not split over {what}; use a multiple of {world}"
+            for key in ("batch_size", "sample_prompts") if section[key] % world]
+
+
 def rank() -> int:
     """This process's rank (0 without a process group: the only process)."""
     import torch.distributed as dist

@@ -83,13 +83,13 @@ def response_nll(model, tok, rows: list[dict], ctx: int | None = None, batch_siz
     from tqdm.auto import tqdm
 
     from methods.core.generation import model_context
-    from methods.core.models import encode_pair, fit_to_context
+    from methods.core.models import encode_target
 
     model.eval()
     ctx = ctx or model_context(model)
     out = []
     for i in tqdm(range(0, len(rows), batch_size), desc="perplexity", disable=not progress, mininterval=5):
-        cut = [fit_to_context(*encode_pair(tok, r["prompt"], r["response"]), ctx) for r in rows[i:i + batch_size]]
-        lp = sequence_logprob(model, [s for s, _ in cut], [st for _, st in cut], tok.pad_token_id, mean=True)
+        seqs, starts = encode_target(tok, rows[i:i + batch_size], "response", ctx)
+        lp = sequence_logprob(model, seqs, starts, tok.pad_token_id, mean=True)
         out += (-lp.float()).tolist()
     return out

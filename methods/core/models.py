@@ -236,6 +236,14 @@ def fit_to_context(ids: list[int], start: int, ctx: int) -> tuple[list[int], int
     return ids[cut:], max(1, start - cut)
 
 
+def encode_target(tok, rows: list[dict], key: str, ctx: int) -> tuple[list[list[int]], list[int]]:
+    """(sequences, response starts) of each row's chat-formatted ``prompt`` + ``row[key]``, cut to
+    ``ctx`` by ``fit_to_context``: what the task NLL, CPO's margins, the held-out NLL and task
+    perplexity score."""
+    cut = [fit_to_context(*encode_pair(tok, r["prompt"], r[key]), ctx) for r in rows]
+    return [ids for ids, _ in cut], [st for _, st in cut]
+
+
 def _ids(x):
     if hasattr(x, "keys") and "input_ids" in x:
         x = x["input_ids"]
@@ -315,10 +323,13 @@ def set_threads(hw: dict) -> None:
 
 
 def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json_files: dict | None = None,
-                 jsonl_files: dict | None = None) -> dict:
-    """The end of every trainer: weights, tokenizer, ``l3m_run.json`` (and any extra JSON/JSONL files)
-    written into ``out_dir`` atomically, then the checkpoint folder ``work`` removed."""
+                 jsonl_files: dict | None = None, state_dict: dict | None = None, copy_dirs: dict | None = None) -> dict:
+    """The end of every trainer: weights (``state_dict``: the gathered full weights of a sharded
+    model), tokenizer, ``l3m_run.json`` (and any extra JSON/JSONL files, and folders ``copy_dirs``
+    {name: source} that exist) written into ``out_dir`` atomically, then the checkpoint folder
+    ``work`` removed. Every process calls it; rank 0 writes."""
     import json
+    import shutil
 
     from methods.core.distributed import barrier, rank
 
@@ -326,9 +337,12 @@ def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json
         barrier()
         return record
     with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tok.save_pretrained(tmp)
         write_json(tmp / "l3m_run.json", record)
+        for name, src in (copy_dirs or {}).items():
+            if Path(src).exists():
+                shutil.copytree(src, tmp / name)
         for name, obj in (json_files or {}).items():
             write_json(tmp / name, obj)
         for name, rows in (jsonl_files or {}).items():

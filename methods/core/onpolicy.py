@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from methods.core.distributed import barrier, init_distributed
+from methods.core.distributed import barrier, init_distributed, split_errors
 
 
 def sequences(tok, samples: list[dict], ctx: int) -> tuple[list[list[int]], list[int]]:
@@ -79,10 +78,9 @@ class OnPolicyRun:
         self.device = cfg["hardware"]["device"]
         self.world, self.rank, local = init_distributed(self.device)
         if self.world > 1:
-            for key in ("batch_size", "sample_prompts"):
-                if self.s[key] % self.world:
-                    raise ValueError(f"l3m.{key}: {self.s[key]} does not split over {self.world} processes; "
-                                     f"use a multiple of {self.world}")
+            errs = split_errors(self.s, self.world, "l3m", f"{self.world} processes")
+            if errs:
+                raise ValueError("; ".join(errs))
             if self.device == "cuda":
                 self.device = f"cuda:{local}"
         self.out_dir = Path(out_dir)
@@ -154,10 +152,9 @@ class OnPolicyRun:
 
     def encode_task(self, rows: list[dict]) -> tuple[list[list[int]], list[int]]:
         """Task pairs as (sequences, response starts), cut to ``l3m.max_length`` by fit_to_context."""
-        from methods.core.models import encode_pair, fit_to_context
+        from methods.core.models import encode_target
 
-        pairs = [fit_to_context(*encode_pair(self.tok, r["prompt"], r["response"]), self.task_ctx) for r in rows]
-        return [ids for ids, _ in pairs], [st for _, st in pairs]
+        return encode_target(self.tok, rows, "response", self.task_ctx)
 
     def task_loss(self, batch: list[dict]) -> torch.Tensor:
         """Task NLL of the mini-batch: length-normalised per response, or per token over the batch."""
@@ -355,7 +352,7 @@ class OnPolicyRun:
 
     def finish(self, **record) -> dict:
         """Write the model, tokenizer, run record and training log into ``out_dir`` atomically."""
-        from methods.core.io import atomic_path, write_json
+        from methods.core.models import save_trained
         from methods.core.record import run_record
 
         if self.tb is not None:
@@ -372,24 +369,9 @@ class OnPolicyRun:
             from methods.core.fsdp import full_state
 
             weights = full_state(self.model)[0]
-        if self.rank > 0:
-            barrier()  # rank 0 writes the output
-            return rec
-        with atomic_path(self.out_dir) as tmp:
-            self.model.save_pretrained(tmp, state_dict=weights)
-            self.tok.save_pretrained(tmp)
-            write_json(tmp / "l3m_run.json", rec)
-            if (self.work / "tensorboard").exists():
-                shutil.copytree(self.work / "tensorboard", tmp / "tensorboard")
-            with open(tmp / "train_log.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in log)
-            if evals:
-                with open(tmp / "eval_log.jsonl", "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in evals)
-        shutil.rmtree(self.work, ignore_errors=True)
-        if self.world > 1:
-            barrier()
-        return rec
+        return save_trained(self.model, self.tok, self.out_dir, rec, self.work, state_dict=weights,
+                            jsonl_files={"train_log.jsonl": log, **({"eval_log.jsonl": evals} if evals else {})},
+                            copy_dirs={"tensorboard": self.work / "tensorboard"})
 
 
 def time_to_feasible(evals: list[dict], offset_s: float = 0.0) -> dict:
