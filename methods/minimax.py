@@ -9,12 +9,12 @@ policy step with the current lambda (REINFORCE on the per-sample cost sum_i lamb
 kl, the baseline of ``l3m.baseline``, the same samples and constraint values as L3M), then
 projected dual ascent lambda_i <- max(0, lambda_i + eta * C_i) on the batch estimates.
 
-With ``l3m.pg_estimator: sequence`` (default) kl is the sequence log-ratio log pi(y|x) -
+With ``l3m.pg_estimator: sequence`` or ``sequence_scaled`` (the default) kl is the sequence log-ratio log pi(y|x) -
 log pi_SFT(y|x) (summed over the response tokens, both at the sampling temperature), so the
 estimate's expectation is exactly sum_i lambda_i grad C_i + beta grad KL(pi || pi_SFT) over whole
 responses: the sequence-level KL and summed log-probabilities TRL's RLOOTrainer (the mixture
-baseline) uses. ``sequence_scaled`` divides that policy-gradient loss by max_new_tokens + 1
-(expectation: the same gradient over the constant). With ``length_normalized`` both log pi and kl are per-token means (the paper-style
+baseline) uses; ``sequence_scaled`` is the same for MM (its scale divides only L3M's barrier
+gradient: MM's policy step is set by its own lr and dual_lr). With ``length_normalized`` both log pi and kl are per-token means (the paper-style
 form, biased like L3M's: see methods/l3m.py). Needs the separate SFT stage and a frozen reference
 copy: the costs L3M avoids.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from methods.core.constraints import (constraint_scales, dual_ascent, ema_update, expand_constraints, pg_baseline,
-                                      pg_divisor, pg_surrogate)
+                                      pg_surrogate)
 
 
 def lagrangian_cost(g: torch.Tensor, lam: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
@@ -83,7 +83,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
                                          state.get("cost_ema"))
         state["cost_ema"] = ema_update(state.get("cost_ema"), run.global_mean(cost.mean(-1).detach()).cpu(), c["ema"])
         run.opt.zero_grad(set_to_none=True)
-        (m["task_weight"] * task_loss + pg_loss / pg_divisor(c)).backward()
+        (m["task_weight"] * task_loss + pg_loss).backward()
         run.sync_grads()
         gnorm = torch.nn.utils.clip_grad_norm_(run.params, m["max_grad_norm"]).item()
         run.check_finite(step, {"grad_norm": gnorm, "task_loss": task_loss.item()})

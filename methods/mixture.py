@@ -4,7 +4,7 @@ SFT model, one run per weight vector, the heuristic weighting L3M replaces (l3m-
 TRL's RLOOTrainer does the RL: REINFORCE with a leave-one-out baseline over the samples of a
 prompt on summed sequence log-probabilities at the sampling temperature, the KL entering the
 reward as the sequence log-ratio (r - beta * sum_t log pi/pi_SFT), with no critic. That is the form
-of MM's estimator with ``l3m.pg_estimator: sequence`` (read from TRL 1.16's source; our own
+of MM's estimator with the default ``l3m.pg_estimator`` (read from TRL 1.16's source; our own
 estimators' expectations are tested by enumeration, TRL's is not), so the comparison differs in the
 objective, not in the variance reduction; GRPO's per-group std normalisation would rescale each
 prompt's rewards and blur the weights. The rewards are our reward interface wrapped as TRL

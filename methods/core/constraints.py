@@ -96,8 +96,8 @@ def pg_surrogate(logp: torch.Tensor, values: torch.Tensor, baseline: torch.Tenso
 
 
 def pg_divisor(section: dict) -> float:
-    """What the policy-gradient surrogate is divided by: ``max_new_tokens + 1`` (the longest response
-    with its EOS) for ``pg_estimator: sequence_scaled``, else 1. A constant, so the scaled estimate's
+    """What L3M's barrier surrogate is divided by: ``max_new_tokens + 1`` (the longest response
+    with its EOS) for ``pg_estimator: sequence_scaled``, else 1 (MM does not scale its step). A constant, so the scaled estimate's
     expectation is the exact gradient divided by it, at most the per-token scale of
     ``length_normalized`` for every sample."""
     return float(section["max_new_tokens"] + 1) if section["pg_estimator"] == "sequence_scaled" else 1.0
