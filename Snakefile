@@ -8,7 +8,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
 
+
 report: "workflow/report/workflow.rst"
+
+
+onstart:
+    write_config_file()
+
 
 # Seconds of work each: run beside Snakemake rather than through the cluster queue (--profile slurm).
 localrules:
@@ -31,11 +37,19 @@ rule all:
     default_target: True
     input:
         TABLE,
-        expand(FIG + "/{fig}.{ext}", fig=["fig1_barrier", "metrics"], ext=["png", "pdf"]),
-        OUT + "/data/task_card.json",
-        OUT + "/data/preferences_card.json",
-        expand(FIG + "/{fig}.{ext}", fig=["fig2_length"] if LENGTH_MODELS else [], ext=["png", "pdf"]),
-        expand(FIG + "/curves/{model}.png", model=LENGTH_MODELS + [m for m in TWO_MODELS if m.startswith(("l3m_", "mm_"))]),
-        expand(OUT + "/data/{card}_card.json", card=(["contrast"] if "contrast" in PAIR_SETS else []) + [f"rm_{r}" for r in RM_REWARDS]),
-        expand(FIG + "/{fig}.{ext}", fig=["fig3_two_reward", "pareto"] if TWO["enabled"] else [], ext=["png", "pdf"]),
-        [OUT + "/tables/two_reward.csv", BENCH + "/cost.csv"] if TWO["enabled"] and TWO["mm"] else [],
+        expand(f"{FIG}/{{fig}}.{{ext}}", fig=["fig1_barrier", "metrics"], ext=["png", "pdf"]),
+        f"{OUT}/data/task_card.json",
+        f"{OUT}/data/preferences_card.json",
+        expand(f"{FIG}/{{fig}}.{{ext}}", fig=["fig2_length"] if LENGTH_MODELS else [], ext=["png", "pdf"]),
+        expand(
+            f"{FIG}/curves/{{model}}.png",
+            model=LENGTH_MODELS + [m for m in TWO_MODELS if m.startswith(("l3m_", "mm_"))],
+        ),
+        expand(
+            f"{OUT}/data/{{card}}_card.json",
+            card=(["contrast"] if "contrast" in PAIR_SETS else []) + [f"rm_{r}" for r in RM_REWARDS],
+        ),
+        expand(
+            f"{FIG}/{{fig}}.{{ext}}", fig=["fig3_two_reward", "pareto"] if TWO["enabled"] else [], ext=["png", "pdf"]
+        ),
+        [f"{OUT}/tables/two_reward.csv", f"{BENCH}/cost.csv"] if TWO["enabled"] and TWO["mm"] else [],

@@ -11,6 +11,7 @@ sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
 
+
 def _yaml_typed(value):
     """Snakemake reads the values nested in --config 'section={"key": 5}' as strings: type them as YAML."""
     if isinstance(value, dict):
@@ -20,14 +21,17 @@ def _yaml_typed(value):
     return yaml.safe_load(value) if isinstance(value, str) else value
 
 
-_cli = {k: _yaml_typed(v) if isinstance(v, (dict, list)) else v for k, v in dict(workflow.config_settings.config).items()}
+_cli = {
+    k: _yaml_typed(v) if isinstance(v, (dict, list)) else v for k, v in dict(workflow.config_settings.config).items()
+}
 config.update(deep_merge(dict(config), _cli))
 if "name" not in config:
     if workflow.config_settings.configfiles:  # a named config must say where its outputs go
         raise WorkflowError(
             f"config.name: missing in {', '.join(map(str, workflow.config_settings.configfiles))}; every configfile "
             f"needs a name (its outputs go to resources/<name>/ and results/<name>/); without one it would write "
-            f"over the embedded default's results/default")
+            f"over the embedded default's results/default"
+        )
     # no --configfile: the embedded default (plus any --config key=value)
     _default = yaml.safe_load((Path(workflow.basedir) / "config" / "config.yaml").read_text())
     config.update(deep_merge(_default, dict(config)))
@@ -46,20 +50,19 @@ BENCH = f"{OUT}/benchmarks"
 PY = sys.executable
 # offline: true (the embedded configs) runs every job without hub access; offline: false leaves the
 # user's environment alone, so hub ids download where a hub is reachable
-ENV = (f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} TOKENIZERS_PARALLELISM=false"
-       + (" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" if CFG["offline"] else ""))
+ENV = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} TOKENIZERS_PARALLELISM=false" + (
+    " HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" if CFG["offline"] else ""
+)
 
 # The resolved config (defaults filled in) every job of this invocation reads, content-addressed:
-# resources/<name>/config/<hash>.yaml is written once and never rewritten, so a second `snakemake`
-# with the same name and another config (even a dry run, even one that then fails on the lock)
-# writes its own file and cannot change what the jobs of a running study read.
-_text = yaml.safe_dump(CFG, sort_keys=False)
-CONFIG_FILE = f"{RES}/config/{hashlib.sha256(_text.encode()).hexdigest()[:16]}.yaml"
-if not Path(CONFIG_FILE).exists():
-    Path(CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    _tmp = Path(f"{CONFIG_FILE}.{os.getpid()}.tmp")
-    _tmp.write_text(_text)
-    _tmp.replace(CONFIG_FILE)
+# resources/<name>/config/<hash>.yaml is written once (when jobs are about to run, not by a dry run,
+# --lint or --report) and never rewritten, so a second `snakemake` with the same name and another
+# config writes its own file and cannot change what the jobs of a running study read.
+CONFIG_TEXT = yaml.safe_dump(CFG, sort_keys=False)
+CONFIG_FILE = f"{RES}/config/{hashlib.sha256(CONFIG_TEXT.encode()).hexdigest()[:16]}.yaml"
+# The one software environment of every rule (`--software-deployment-method conda`); its pins are
+# requirements.txt's (tests/test_workflow.py checks that they agree).
+CONDA_ENV = "../../environment.yml"
 
 LENGTH = CFG["experiments"]["length"]
 TWO = CFG["experiments"]["two_reward"]
@@ -81,15 +84,19 @@ if TWO["enabled"]:
         for _j, _w in enumerate(CFG["mixture"]["weights"]):
             VARIANTS[f"mix{_j}"] = ("mixture", {"mixture": {"weight": _w}})
 LENGTH_MODELS = [m for m in VARIANTS if m.startswith("l3m_len")]
-TWO_MODELS = ([m for m in VARIANTS if m.startswith(("l3m_pt", "mm_pt", "mix"))]
-              + [m for m in ("dpo", "cpo") if TWO["enabled"] and TWO[m]])
-MODELS = list(dict.fromkeys(CFG["evaluation"]["models"] + LENGTH_MODELS + (["base", "sft"] if TWO["enabled"] else [])
-                            + TWO_MODELS))
+TWO_MODELS = [m for m in VARIANTS if m.startswith(("l3m_pt", "mm_pt", "mix"))] + [
+    m for m in ("dpo", "cpo") if TWO["enabled"] and TWO[m]
+]
+MODELS = list(
+    dict.fromkeys(
+        CFG["evaluation"]["models"] + LENGTH_MODELS + (["base", "sft"] if TWO["enabled"] else []) + TWO_MODELS
+    )
+)
 REWARDS = CFG["evaluation"]["rewards"]
 RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] == "reward_model"]
 ON_POLICY = {"l3m", "mm"}
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
-TRAIN_THREADS = min(CFG["hardware"]["train_threads"], workflow.cores)
+TRAIN_THREADS = CFG["hardware"]["train_threads"]  # Snakemake caps it at --cores
 
 # Training jobs on several processes (hardware.processes > 1, one per GPU): `accelerate launch`
 # (torchrun underneath, a free port per job) starts them; TRL's trainers then run DDP (or FSDP with
@@ -103,8 +110,10 @@ if PROCS == 1:
     TRAIN_CLI = f"{PY} -m methods.cli"
 else:
     _mp = "bf16" if _HW["bf16"] and _HW["device"] == "cuda" else "no"
-    TRAIN_CLI = (f"{PY} -m accelerate.commands.launch --multi_gpu --num_processes {PROCS} --num_machines 1 "
-                 f"--mixed_precision {_mp} --dynamo_backend no --main_process_port 0 -m methods.cli")
+    TRAIN_CLI = (
+        f"{PY} -m accelerate.commands.launch --multi_gpu --num_processes {PROCS} --num_machines 1 "
+        f"--mixed_precision {_mp} --dynamo_backend no --main_process_port 0 -m methods.cli"
+    )
 
 
 def _section(path):
@@ -115,7 +124,7 @@ def _section(path):
 
 
 def fingerprint(*sections):
-    """A short hash of the config sections ("section" or "section.key") a rule depends on: a rule
+    """A short hash of the config sections ("section" or "section.key") a job depends on; the job
     reruns when they change."""
     blob = json.dumps({s: _section(s) for s in sections}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -136,6 +145,31 @@ def pair_dir(name):
     return f"{RES}/data/{name}"
 
 
+def write_config_file():
+    """Write CONFIG_FILE once (atomically): called by the Snakefile's onstart, before any job."""
+    if not Path(CONFIG_FILE).exists():
+        Path(CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{CONFIG_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(CONFIG_TEXT)
+        tmp.replace(CONFIG_FILE)
+
+
+def parent(name, levels=1, io="input"):
+    """A params function: the folder ``levels`` up from the job's first ``io`` file named ``name``
+    (folders the commands take are derived from the files the DAG tracks, never hard-coded)."""
+
+    def get(wildcards, input, output):
+        files = getattr(input if io == "input" else output, name)
+        first = files if isinstance(files, str) else files[0]
+        return str(Path(first).parents[levels - 1])
+
+    return get
+
+
+def init_model(wildcards):
+    return model_dir(METHODS[wildcards.method].init_from)
+
+
 def reward_inputs(names):
     """The reward-model folders the given rewards need (rules and hub models need none)."""
     return [model_dir(f"rm_{n}") for n in dict.fromkeys(names) if n in RM_REWARDS]
@@ -149,10 +183,38 @@ def method_inputs(method, overrides):
     if method == "mixture":
         return reward_inputs(cfg["mixture"]["rewards"] or TWO["rewards"])
     if method == "dpo":
-        return [pair_dir(n) + "/train.jsonl" for n in cfg["dpo"]["pairs"]]
+        return [f"{pair_dir(n)}/train.jsonl" for n in cfg["dpo"]["pairs"]]
     if method == "cpo":
-        return [pair_dir(cfg["cpo"][k]) + "/train.jsonl" for k in ("objective", "constraint")]
+        return [f"{pair_dir(cfg['cpo'][k])}/train.jsonl" for k in ("objective", "constraint")]
     return []
+
+
+# L3M ablations (workflow/rules/ablations.smk): one row of a Paramspace grid per setting
+ABL_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "ema", "clip", "length_normalize", "pg_estimator", "baseline"]
+
+
+def ablation_frame():
+    import pandas as pd
+
+    rows = []
+    for st in CFG["ablations"]["settings"]:
+        full = {k: st.get(k, CFG["l3m"][k]) for k in ABL_KEYS}
+        full["relax"] = "mu2" if full["relax"] is None else full["relax"]
+        rows.append({"name": st["name"], **full})
+    return pd.DataFrame(rows, columns=["name"] + ABL_KEYS)
+
+
+def ablation_set(wildcards):
+    """The --set overrides of one ablation row: its l3m keys and the ablation band as the constraint."""
+    inst = ABLATIONS.instance(wildcards)
+    l3m = {k: inst[k] for k in ABL_KEYS}
+    l3m["relax"] = None if str(l3m["relax"]) == "mu2" else float(l3m["relax"])
+    l3m["length_normalize"] = str(l3m["length_normalize"]) == "True"
+    for k in ("mu0", "mu_min", "ema"):
+        l3m[k] = float(l3m[k])
+    l3m["mu_decay"] = "auto" if str(l3m["mu_decay"]) == "auto" else float(l3m["mu_decay"])
+    cons = [{"reward": CFG["ablations"]["reward"], "band": CFG["ablations"]["band"]}]
+    return json.dumps({"l3m": l3m, "constraints": cons})
 
 
 wildcard_constraints:

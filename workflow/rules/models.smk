@@ -7,17 +7,19 @@ rule base_model:
         train=rules.task_data.output.train,
     output:
         directory(model_dir("base")),
-    params:
-        fp=fingerprint("data", "base_model", "seed"),
-        data=f"{RES}/data/task",
-    threads: min(workflow.cores, max(TRAIN_THREADS, 2))  # nothing else can run while the base trains
-    resources:
-        mem_mb=8000,
-        runtime=240,
     log:
         f"{LOG}/base_model.log",
     benchmark:
         f"{BENCH}/base_model.tsv"
+    conda:
+        CONDA_ENV
+    threads: max(TRAIN_THREADS, 2)  # nothing else can run while the base trains (capped at --cores)
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        fp=fingerprint("data", "base_model", "seed"),
+        data=parent("train"),
     shell:
         "L3M_THREADS={threads} {ENV} {PY} -m methods.cli base --config {CONFIG_FILE} --data {params.data} "
         "--out {output} > {log} 2>&1"

@@ -3,10 +3,6 @@
 # reward model. A method starts from the model its registry entry names (base or sft).
 
 
-def init_model(wildcards):
-    return model_dir(METHODS[wildcards.method].init_from)
-
-
 rule train:
     input:
         init=init_model,
@@ -15,21 +11,23 @@ rule train:
         extra=lambda w: method_inputs(w.method, {}),
     output:
         directory(model_dir("{method}")),
+    log:
+        f"{LOG}/train_{{method}}.log",
+    benchmark:
+        f"{BENCH}/train_{{method}}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
     priority: 2  # SFT heads the longest chain (SFT -> MM, mixture, DPO, CPO -> evaluation): start it first
-    params:
-        fp=lambda w: train_fingerprint(w.method),
-        data=f"{RES}/data/task",
+    conda:
+        CONDA_ENV
     threads: TRAIN_THREADS
     resources:
         mem_mb=TRAIN_MEM,
         runtime=TRAIN_TIME,
         gpu=GPUS,
-    log:
-        f"{LOG}/train_{{method}}.log",
-    benchmark:
-        f"{BENCH}/train_{{method}}.tsv"
+    params:
+        fp=lambda w: train_fingerprint(w.method),
+        data=parent("train"),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {wildcards.method} "
         "--init {input.init} --data {params.data} --out {output} > {log} 2>&1"
@@ -43,22 +41,24 @@ rule train_variant:
         extra=lambda w: method_inputs(*VARIANTS[w.variant]),
     output:
         directory(model_dir("{variant}")),
+    log:
+        f"{LOG}/train_{{variant}}.log",
+    benchmark:
+        f"{BENCH}/train_{{variant}}.tsv"
     wildcard_constraints:
         variant="|".join(VARIANTS) or "^$",
-    params:
-        fp=lambda w: train_fingerprint(*VARIANTS[w.variant]),
-        data=f"{RES}/data/task",
-        method=lambda w: VARIANTS[w.variant][0],
-        set=lambda w: json.dumps(VARIANTS[w.variant][1]),
+    conda:
+        CONDA_ENV
     threads: TRAIN_THREADS
     resources:
         mem_mb=TRAIN_MEM,
         runtime=TRAIN_TIME,
         gpu=GPUS,
-    log:
-        f"{LOG}/train_{{variant}}.log",
-    benchmark:
-        f"{BENCH}/train_{{variant}}.tsv"
+    params:
+        fp=lambda w: train_fingerprint(*VARIANTS[w.variant]),
+        data=parent("train"),
+        method=lambda w: VARIANTS[w.variant][0],
+        set=lambda w: json.dumps(VARIANTS[w.variant][1]),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {params.method} "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
@@ -68,27 +68,29 @@ rule reward_model:
     """A Bradley-Terry reward model (TRL RewardTrainer) on its pair set, from the base model."""
     input:
         init=model_dir("base"),
-        pairs=lambda w: pair_dir(CFG["rewards"][w.reward]["pairs"]) + "/train.jsonl",
+        pairs=lambda w: f"{pair_dir(CFG['rewards'][w.reward]['pairs'])}/train.jsonl",
         val=rules.task_data.output.val,
     output:
         model=directory(model_dir("rm_{reward}")),
         card=f"{OUT}/data/rm_{{reward}}_card.json",
+    log:
+        f"{LOG}/reward_model_{{reward}}.log",
+    benchmark:
+        f"{BENCH}/reward_model_{{reward}}.tsv"
     wildcard_constraints:
         reward="|".join(RM_REWARDS) or "^$",
     priority: 1  # every constraint-point model waits for the reward models
-    params:
-        fp=lambda w: fingerprint("reward_model", "seed", "hardware", "rewards"),
-        pairs=lambda w: pair_dir(CFG["rewards"][w.reward]["pairs"]),
-        data=f"{RES}/data/task",
+    conda:
+        CONDA_ENV
     threads: TRAIN_THREADS
     resources:
         mem_mb=TRAIN_MEM,
         runtime=TRAIN_TIME,
         gpu=GPUS,
-    log:
-        f"{LOG}/reward_model_{{reward}}.log",
-    benchmark:
-        f"{BENCH}/reward_model_{{reward}}.tsv"
+    params:
+        fp=lambda w: fingerprint("reward_model", "seed", "hardware", "rewards"),
+        pairs=parent("pairs"),
+        data=parent("val"),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} reward-model --config {CONFIG_FILE} --name {wildcards.reward} "
         "--init {input.init} --pairs {params.pairs} --data {params.data} --out {output.model} --card {output.card} "
