@@ -18,7 +18,7 @@ Work per step: every method samples ``prompts x samples`` responses of at most `
 tokens and scores them with the length reward. L3M and MM carry the constraint "length in
 [lo, hi]"; RLOO and GRPO maximise the negative distance to the band's centre, with the KL
 coefficient of the mixture baseline (``mixture.beta``, a frozen reference model) as users run them.
-L3M's step also includes its task NLL on ``l3m.batch_size`` task pairs (no other method has one),
+L3M's step also includes its task NLL on ``onpolicy.batch_size`` task pairs (no other method has one),
 and MM its KL to the SFT (here: initial) model.
 """
 from __future__ import annotations
@@ -112,8 +112,9 @@ def bench_config(args) -> dict:
     return validate_config(deep_merge(base, {
         "hardware": {"device": args.device, "bf16": args.device == "cuda", "threads": args.threads},
         "constraints": [{"reward": "length", "band": [lo, hi]}],
-        "l3m": {"steps": steps, "sample_prompts": args.prompts, "samples_per_prompt": args.samples,
-                "max_new_tokens": args.new_tokens, "save_steps": 10**6, "logging_steps": 10**6, "mu_every": 10**6},
+        "l3m": {"steps": steps, "save_steps": 10**6, "logging_steps": 10**6, "mu_every": 10**6},
+        "onpolicy": {"sample_prompts": args.prompts, "samples_per_prompt": args.samples,
+                     "max_new_tokens": args.new_tokens},
         "mm": {"steps": steps, "save_steps": 10**6, "logging_steps": 10**6},
         "generation": {"cache": args.cache},
         "experiments": {"length": {"enabled": False}, "two_reward": {"enabled": False}},  # not run here

@@ -8,7 +8,7 @@ For each two-reward point of the config (``experiments.two_reward.points``, or `
 the config's own training settings, the runs are the real ``methods.cli train`` commands of the DAG,
 one after another on the same machine: SFT from the base model (once, shared by every point), then
 per point MM from that SFT model and L3M from the base model, both with held-out evaluation on
-(``l3m.eval_every``/``eval_prompts``/``eval_split``: the first N prompts of the split, val by
+(``onpolicy.eval_every``/``eval_prompts``/``eval_split``: the first N prompts of the split, val by
 default, sampled with the evaluation's generation settings, the constraint estimates C_i computed
 on them, rank 0). A run is *feasible* at
 an evaluation when every C_i <= 0 there.
@@ -165,7 +165,9 @@ def main(argv=None):
         cons = [{"reward": r, "bound": b, "direction": ">="} for r, b in zip(two["rewards"], pt)]
         per = {}
         for method, init, steps in (("mm", str(sft), args.mm_steps), ("l3m", base, args.l3m_steps)):
-            over = {"constraints": cons, "l3m": dict(ev, **({"steps": steps} if steps and method == "l3m" else {}))}
+            over = {"constraints": cons, "onpolicy": ev}
+            if method == "l3m" and steps:
+                over["l3m"] = {"steps": steps}
             if method == "mm" and steps:
                 over["mm"] = {"steps": steps}
             dest = work / f"{method}_pt{i}"

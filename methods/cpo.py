@@ -51,8 +51,9 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from methods.core.io import pairs_dir
 
     p = cfg["cpo"]
-    run = OnPolicyRun(cfg, "cpo", init_dir, out_dir, data_dir, steps=p["steps"], lr=p["lr"], warmup=0.05,
-                      reward_names=[], extra_state={"lambda": 0.0})
+    run = OnPolicyRun(cfg, "cpo", init_dir, out_dir, data_dir, steps=p["steps"], lr=p["lr"], warmup=p["warmup"],
+                      reward_names=[], extra_state={"lambda": 0.0}, weight_decay=p["weight_decay"],
+                      scheduler=p["scheduler"])
     ref, tok = load_model(init_dir, device=run.device)
     ref.requires_grad_(False)
     sets = {k: read_jsonl(pairs_dir(data_dir, p[k]) / "train.jsonl") for k in ("objective", "constraint")}

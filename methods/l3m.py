@@ -6,7 +6,7 @@ minimises the task NLL plus the relaxed log-barrier of every constraint estimate
     grad G = grad L + sum_i lambda_i * grad C_i,   lambda_i = mu / (k * max(-C_i, s)),  s = mu^2
     grad C_i = E[(g_i - baseline_i) * grad log pi(y|x)],  g_i = (b_i - r_i) / scale_i  (">=" constraint)
 
-What the policy-gradient estimate estimates (``l3m.pg_estimator``; checked by exact enumeration
+What the policy-gradient estimate estimates (``onpolicy.pg_estimator``; checked by exact enumeration
 of every response of a tiny Llama in tests/test_estimators.py):
 
 - ``sequence``: log pi(y|x) is the summed log-probability of the response tokens (and
@@ -90,8 +90,8 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
 
     from methods.core.onpolicy import OnPolicyRun, clip_and_get
 
-    c = cfg["l3m"]
-    cons = expand_constraints(cfg["constraints"], c["normalize_constraints"], constraint_scales(cfg))
+    c, op = cfg["l3m"], cfg["onpolicy"]
+    cons = expand_constraints(cfg["constraints"], op["normalize_constraints"], constraint_scales(cfg))
     if not cons:
         raise ValueError("l3m: no constraints; add config.constraints (or run sft for the task alone)")
     run = OnPolicyRun(cfg, "l3m", init_dir, out_dir, data_dir, steps=c["steps"], lr=c["lr"], warmup=c["warmup"],
@@ -111,14 +111,14 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         g = torch.stack([con.value(r_by[con.reward]) for con in cons])
         c_batch = run.global_mean(g.mean(-1).detach())  # the estimate over the global batch
         c_prev = state["ema"]  # the EMA of earlier steps: a baseline independent of this batch's samples
-        state["ema"] = ema_update(state["ema"], c_batch.cpu(), c["ema"])
+        state["ema"] = ema_update(state["ema"], c_batch.cpu(), op["ema"])
         c_hat = state["ema"]
         lam = multipliers(c_hat, mu, s).float()
         run.stats.update(c_batch=c_batch.tolist(), c_hat=c_hat.tolist(), lam=lam.tolist())
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
-        base = pg_baseline(g, c["baseline"], c["samples_per_prompt"], c_prev)
-        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / pg_divisor(c)
+        base = pg_baseline(g, op["baseline"], op["samples_per_prompt"], c_prev)
+        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / pg_divisor(op)
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":

@@ -6,10 +6,10 @@ From the SFT model, for the same constraints as an L3M, solve max_{lambda >= 0} 
 
 as constrained RLHF does (Moskovitz et al. 2024; Safe-RLHF's PPO-Lagrangian): each step takes a
 policy step with the current lambda (REINFORCE on the per-sample cost sum_i lambda_i g_i + beta *
-kl, the baseline of ``l3m.baseline``, the same samples and constraint values as L3M), then
+kl, the baseline of ``onpolicy.baseline``, the same samples and constraint values as L3M), then
 projected dual ascent lambda_i <- max(0, lambda_i + eta * C_i) on the batch estimates.
 
-With ``l3m.pg_estimator: sequence`` or ``sequence_scaled`` (the default) kl is the sequence log-ratio log pi(y|x) -
+With ``onpolicy.pg_estimator: sequence`` or ``sequence_scaled`` (the default) kl is the sequence log-ratio log pi(y|x) -
 log pi_SFT(y|x) (summed over the response tokens, both at the sampling temperature), so the
 estimate's expectation is exactly sum_i lambda_i grad C_i + beta grad KL(pi || pi_SFT) over whole
 responses: the sequence-level KL and summed log-probabilities TRL's RLOOTrainer (the mixture
@@ -50,7 +50,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from methods.core.models import load_model
     from methods.core.onpolicy import OnPolicyRun
 
-    m, c = cfg["mm"], cfg["l3m"]
+    m, c = cfg["mm"], cfg["onpolicy"]
     cons = expand_constraints(cfg["constraints"], c["normalize_constraints"], constraint_scales(cfg))
     if not cons:
         raise ValueError("mm: no constraints; add config.constraints")

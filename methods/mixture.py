@@ -4,7 +4,7 @@ SFT model, one run per weight vector, the heuristic weighting L3M replaces (l3m-
 TRL's RLOOTrainer does the RL: REINFORCE with a leave-one-out baseline over the samples of a
 prompt on summed sequence log-probabilities at the sampling temperature, the KL entering the
 reward as the sequence log-ratio (r - beta * sum_t log pi/pi_SFT), with no critic. That is the form
-of MM's estimator with the default ``l3m.pg_estimator`` (read from TRL 1.16's source; our own
+of MM's estimator with the default ``onpolicy.pg_estimator`` (read from TRL 1.16's source; our own
 estimators' expectations are tested by enumeration, TRL's is not), so the comparison differs in the
 objective, not in the variance reduction; GRPO's per-group std normalisation would rescale each
 prompt's rewards and blur the weights. The rewards are our reward interface wrapped as TRL
@@ -72,7 +72,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     args = RLOOConfig(
         output_dir=str(work), max_steps=m["steps"], per_device_train_batch_size=per_step,
         num_generations=m["samples_per_prompt"], max_completion_length=m["max_new_tokens"],
-        temperature=cfg["l3m"]["temperature"], top_k=0, top_p=1.0, learning_rate=m["lr"], beta=m["beta"],
+        temperature=cfg["onpolicy"]["temperature"], top_k=0, top_p=1.0, learning_rate=m["lr"], beta=m["beta"],
         reward_weights=[float(w) for w in weights], lr_scheduler_type="cosine", warmup_steps=0.05,
         max_grad_norm=1.0, logging_steps=m["logging_steps"], logging_first_step=True, save_steps=m["save_steps"],
         save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],

@@ -31,11 +31,11 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
         Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage",
-               reads=("constraints", "rewards", "generation")),
+               reads=("onpolicy", "constraints", "rewards", "generation")),
         Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT",
-               reads=("l3m", "constraints", "rewards", "generation")),
+               reads=("onpolicy", "constraints", "rewards", "generation")),
         Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
-               reads=("l3m", "rewards", "experiments.two_reward")),
+               reads=("onpolicy.temperature", "rewards", "experiments.two_reward")),
         Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)"),
         Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint"),
     ]

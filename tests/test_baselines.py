@@ -65,7 +65,7 @@ def test_mm_lambda_rises_while_violated(tmp_path, micro_cfg, micro_model_dir, mi
 
     cfg = _cfg(micro_cfg, tmp_path, constraints=[{"reward": "length", "bound": 1, "direction": "<="}],
                mm={"steps": 6, "lr": 0.01, "dual_lr": 0.5, "logging_steps": 1, "beta": 0.1},
-               l3m={"sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12, "batch_size": 8})
+               onpolicy={"sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12, "batch_size": 8})
     rec = train(cfg, str(micro_model_dir), str(tmp_path / "mm"), str(micro_data / "task"))
     log = [json.loads(x) for x in open(tmp_path / "mm" / "train_log.jsonl")]
     lam = [r["lambda[length<=1]"] for r in log]

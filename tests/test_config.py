@@ -161,8 +161,17 @@ def test_a_batch_that_does_not_split_over_the_processes_is_named():
     cfg = copy.deepcopy(base())
     cfg["hardware"]["processes"] = 3
     msg = errors_of(cfg)
-    assert "config.l3m.batch_size: 32 does not split over hardware.processes = 3; use a multiple of 3" in msg
-    assert "config.l3m.sample_prompts: 8 does not split" in msg
+    assert "config.onpolicy.batch_size: 32 does not split over hardware.processes = 3; use a multiple of 3" in msg
+    assert "config.onpolicy.sample_prompts: 8 does not split" in msg
     assert split_errors({"batch_size": 8, "sample_prompts": 4}, 4, "l3m", "4 processes") == []
     assert split_errors({"batch_size": 6, "sample_prompts": 4}, 4, "l3m", "4 processes") == [
         "l3m.batch_size: 6 does not split over 4 processes; use a multiple of 4"]
+
+
+def test_an_older_config_with_shared_keys_under_l3m_is_told_where_they_moved():
+    cfg = copy.deepcopy(base())
+    cfg["l3m"] = {"steps": 10, "batch_size": 16, "temperature": 0.7}
+    msg = errors_of(cfg)
+    assert "config.l3m.batch_size: moved to config.onpolicy.batch_size" in msg
+    assert "config.l3m.temperature: moved to config.onpolicy.temperature" in msg
+    assert "steps" not in msg

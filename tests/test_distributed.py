@@ -53,9 +53,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
 
     build_task_splits(dict(micro_cfg["data"], n_train=80), tmp_path / "data")
     over = {"constraints": [{"reward": "length", "band": [0, 3]}],
-            "l3m": {"steps": 4, "batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
-                    "lr": 0.01, "mu_every": 2, "logging_steps": 1, "save_steps": 100, "max_length": 96,
-                    "eval_every": 2, "eval_prompts": 4}}
+            "l3m": {"steps": 4, "lr": 0.01, "mu_every": 2, "logging_steps": 1, "save_steps": 100},
+            "onpolicy": {"batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
+                         "max_length": 96, "eval_every": 2, "eval_prompts": 4}}
     cfgs = {"one": validate_config(deep_merge(micro_cfg, over)),
             "two": validate_config(deep_merge(micro_cfg, deep_merge(over, {"hardware": {"processes": 2, "fsdp": fsdp}})))}
     for name, cfg in cfgs.items():

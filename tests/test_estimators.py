@@ -212,7 +212,7 @@ def test_sampled_pad_tokens_are_kept(enum_tok):
 
 
 def test_scored_ids_are_the_sampled_ids_on_a_short_context(tmp_path, enum_tok, micro_cfg):
-    """Context 12, max_new_tokens 3, l3m.max_length 8: the sampler keeps the last 9 prompt tokens and
+    """Context 12, max_new_tokens 3, onpolicy.max_length 8: the sampler keeps the last 9 prompt tokens and
     the trainer scores the response behind exactly those 9 (not the 5 that max_length would leave)."""
     import json
 
@@ -229,9 +229,9 @@ def test_scored_ids_are_the_sampled_ids_on_a_short_context(tmp_path, enum_tok, m
     with open(data / "train.jsonl", "w") as f:
         for i in range(4):
             f.write(json.dumps({"id": str(i), "prompt": prompt, "response": "a b"}) + "\n")
-    cfg = validate_config(deep_merge(micro_cfg, {"l3m": {"max_new_tokens": NEW, "max_length": 8, "batch_size": 4,
-                                                         "sample_prompts": 4, "samples_per_prompt": 1,
-                                                         "baseline": "none"},
+    cfg = validate_config(deep_merge(micro_cfg, {"onpolicy": {"max_new_tokens": NEW, "max_length": 8, "batch_size": 4,
+                                                              "sample_prompts": 4, "samples_per_prompt": 1,
+                                                              "baseline": "none"},
                                                  "experiments": {"length": {"enabled": False}}}))
     run = op.OnPolicyRun(cfg, "l3m", str(model_dir), str(tmp_path / "out"), str(data), steps=1, lr=1e-3, warmup=0,
                          reward_names=["length"], extra_state={})
@@ -371,8 +371,9 @@ def test_sequence_scaled_is_the_sequence_step_over_a_constant(tmp_path, micro_cf
     for est in ("sequence", "sequence_scaled"):
         cfg = validate_config(deep_merge(micro_cfg, {
             "constraints": [{"reward": "length", "band": [0, 3]}],
-            "l3m": {"steps": 1, "batch_size": 4, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
-                    "mu_decay": 1.0, "logging_steps": 1, "pg_estimator": est, "barrier_max_norm": 1e6},
+            "l3m": {"steps": 1, "mu_decay": 1.0, "logging_steps": 1, "barrier_max_norm": 1e6},
+            "onpolicy": {"batch_size": 4, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
+                         "pg_estimator": est},
             "mm": {"steps": 1, "task_weight": 0.0, "lambda0": 1.0, "max_grad_norm": 1e6, "logging_steps": 1},
             "experiments": {"length": {"enabled": False}}}))
         out = tmp_path / f"{method}_{est}"

@@ -1,4 +1,4 @@
-"""Held-out evaluation during on-policy training (l3m.eval_every) and time-to-feasible."""
+"""Held-out evaluation during on-policy training (onpolicy.eval_every) and time-to-feasible."""
 import json
 import math
 
@@ -18,13 +18,14 @@ def test_time_to_feasible_first_and_stays():
     assert time_to_feasible(ev[:4])["stays_feasible_step"] == 15  # feasible only at the last evaluation
 
 
-def _cfg(micro_cfg, **l3m):
+def _cfg(micro_cfg, **onpolicy):
     from methods.core.config import deep_merge, validate_config
 
     return validate_config(deep_merge(micro_cfg, {
         "constraints": [{"reward": "length", "band": [0, 3]}],
-        "l3m": {"steps": 6, "batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
-                "lr": 0.01, "logging_steps": 1, "save_steps": 100, "max_length": 96, **l3m},
+        "l3m": {"steps": 6, "lr": 0.01, "logging_steps": 1, "save_steps": 100},
+        "onpolicy": {"batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
+                     "max_length": 96, **onpolicy},
         "mm": {"steps": 4, "lr": 0.01, "logging_steps": 1, "beta": 0.1}}))
 
 

@@ -104,9 +104,10 @@ def test_l3m_micro_run_moves_length_toward_band(tmp_path, micro_cfg, micro_model
     build_task_splits(dict(micro_cfg["data"], n_train=200), data)
     cfg = validate_config(deep_merge(micro_cfg, {
         "constraints": [{"reward": "length", "band": [0, 3]}],
-        "l3m": {"steps": 30, "batch_size": 8, "sample_prompts": 8, "samples_per_prompt": 2, "max_new_tokens": 24,
-                "lr": 0.01, "mu0": 1.0, "mu_decay": "auto", "mu_every": 5, "logging_steps": 1, "save_steps": 10,
-                "max_length": 96}}))
+        "l3m": {"steps": 30, "lr": 0.01, "mu0": 1.0, "mu_decay": "auto", "mu_every": 5, "logging_steps": 1,
+                "save_steps": 10},
+        "onpolicy": {"batch_size": 8, "sample_prompts": 8, "samples_per_prompt": 2, "max_new_tokens": 24,
+                     "max_length": 96}}))
     rec = train(cfg, str(micro_model_dir), str(tmp_path / "l3m"), str(data))
     log = [json.loads(x) for x in open(tmp_path / "l3m" / "train_log.jsonl")]
     assert rec["steps"] == 30 and len(log) == 30

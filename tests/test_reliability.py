@@ -22,9 +22,9 @@ def _l3m_cfg(micro_cfg, **l3m):
 
     return validate_config(deep_merge(micro_cfg, {
         "constraints": [{"reward": "length", "band": [0, 3]}],
-        "l3m": {"steps": L3M_STEPS, "batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2,
-                "max_new_tokens": 12, "lr": 0.01, "mu_every": 4, "logging_steps": 1, "save_steps": 4,
-                "max_length": 96, **l3m}}))
+        "l3m": {"steps": L3M_STEPS, "lr": 0.01, "mu_every": 4, "logging_steps": 1, "save_steps": 4, **l3m},
+        "onpolicy": {"batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
+                     "max_length": 96}}))
 
 
 @pytest.fixture(scope="module")

@@ -186,8 +186,9 @@ def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
 
 def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_path):
     """Each training job's params fingerprint the config sections its method reads (methods/registry.py):
-    an L3M setting retrains L3M and what samples like it (MM, mixture), not SFT and DPO/CPO; an SFT setting
-    retrains SFT and everything that starts from it, not L3M."""
+    an L3M setting retrains only L3M models; a shared on-policy setting L3M and MM (the mixture reads only
+    the temperature); a CPO optimiser setting CPO alone; an SFT setting SFT and everything that starts from
+    it, not L3M."""
     def dry_run(section, change):
         overlay = tmp_path / f"{section}.yaml"
         overlay.write_text(json.dumps({section: change}))
@@ -197,9 +198,12 @@ def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_
         return {line.split(":")[1].strip() for line in p.stdout.splitlines()
                 if line.strip().startswith(("wildcards: method=", "wildcards: variant="))}
 
-    l3m = dry_run("l3m", {"ema": 0.5})
-    assert {"l3m_len0", "l3m_len1", "l3m_pt0", "mm_pt0", "mix0"} <= {w.split("=")[1] for w in l3m}
-    assert not {"method=sft", "method=dpo", "method=cpo"} & l3m
+    l3m = {w.split("=")[1] for w in dry_run("l3m", {"mu0": 0.5})}
+    assert {"l3m_len0", "l3m_len1", "l3m_pt0", "l3m_pt1"} <= l3m and all(w.startswith("l3m_") for w in l3m)
+    shared = {w.split("=")[1] for w in dry_run("onpolicy", {"ema": 0.5})}
+    assert {"l3m_len0", "l3m_pt0", "mm_pt0", "mm_pt1"} <= shared and not {"mix0", "sft", "dpo", "cpo"} & shared
+    assert {"mix0", "mix1", "l3m_pt0", "mm_pt0"} <= {w.split("=")[1] for w in dry_run("onpolicy", {"temperature": 0.9})}
+    assert dry_run("cpo", {"weight_decay": 0.01}) == {"method=cpo"}
     sft = dry_run("sft", {"lr": 0.002})
     assert {"method=sft", "method=dpo", "method=cpo", "variant=mm_pt0", "variant=mix0"} <= sft
     assert not any(w.startswith("variant=l3m") for w in sft)
@@ -312,14 +316,17 @@ def test_config_mistakes_are_named_before_any_job(tmp_path):
             cwd=tmp_path)
     assert p.returncode != 0 and "config.name: missing in" in p.stdout + p.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
-    p = run(["-n", "--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(tmp_path),
-             "--config", 'l3m={"steps": 5, "temperature": 0.7}'], cwd=tmp_path)
+    # one cheap job (Figure 1), so that the resolved config is written (a dry run writes nothing)
+    p = run(["--cores", "1", "--configfile", str(REPO / "config" / "micro.yaml"), "--directory", str(tmp_path),
+             "--config", 'l3m={"steps": 5}', 'onpolicy={"temperature": 0.7}', "--",
+             "results/micro/figures/fig1_barrier.png"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     import yaml
 
     (resolved,) = (tmp_path / "resources" / "micro" / "config").glob("*.yaml")
-    l3m = yaml.safe_load(resolved.read_text())["l3m"]
-    assert l3m["steps"] == 5 and l3m["temperature"] == 0.7  # typed, not the strings Snakemake passes
+    resolved = yaml.safe_load(resolved.read_text())
+    # typed, not the strings Snakemake passes
+    assert resolved["l3m"]["steps"] == 5 and resolved["onpolicy"]["temperature"] == 0.7
     (tmp_path / "bad.yaml").write_text("name: x\nl3m: [\n")
     c = subprocess.run([sys.executable, "-m", "methods.cli", "check", str(tmp_path / "bad.yaml")], cwd=REPO,
                        capture_output=True, text=True)

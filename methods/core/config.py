@@ -56,6 +56,14 @@ def _message(err) -> str:
     return f"{_field(err.absolute_path)}: {err.message}"
 
 
+def _moved_keys(cfg: dict) -> list[str]:
+    """Keys an older config has under ``l3m`` that now live in ``onpolicy`` (what L3M and MM share)."""
+    moved = set(_schema()["properties"]["onpolicy"]["properties"])
+    l3m = cfg.get("l3m")
+    return [f"config.l3m.{k}: moved to config.onpolicy.{k} (the settings L3M and MM share); move it there"
+            for k in (sorted(set(l3m) & moved) if isinstance(l3m, dict) else [])]
+
+
 def validate_config(config, check_paths: bool = True) -> dict:
     """Return a deep copy of ``config`` with defaults filled in, or raise ConfigError."""
     from jsonschema import Draft202012Validator
@@ -63,6 +71,9 @@ def validate_config(config, check_paths: bool = True) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a mapping of keys to values, got {type(config).__name__}")
     cfg = copy.deepcopy(config)
+    moved = _moved_keys(cfg)
+    if moved:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(moved))
     validator = _with_defaults(Draft202012Validator)(_schema())
     errors = [_message(e) for e in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))]
     if not errors:
@@ -143,8 +154,8 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             errs.append(f"{f}: [{lo}, {hi}] has a negative bound; a length band is [lo, hi] with 0 <= lo <= hi")
         elif lo > hi:
             errs.append(f"{f}: lo {lo} > hi {hi}; write the band as [lo, hi] with lo <= hi")
-        elif lx["enabled"] and hi >= cfg["l3m"]["max_new_tokens"]:
-            errs.append(f"{f}: hi {hi} must be below l3m.max_new_tokens {cfg['l3m']['max_new_tokens']} "
+        elif lx["enabled"] and hi >= cfg["onpolicy"]["max_new_tokens"]:
+            errs.append(f"{f}: hi {hi} must be below onpolicy.max_new_tokens {cfg['onpolicy']['max_new_tokens']} "
                         f"(sampling could not show a violation)")
     l3 = cfg["l3m"]
     if l3["mu_min"] > l3["mu0"]:
@@ -160,8 +171,9 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             err = (f"{field}: mu_min {merged['mu_min']} > mu0 {merged['mu0']}" if merged["mu_min"] > merged["mu0"]
                    else mu_schedule_error(merged, field))
             errs += [err] if err else []
-    if l3["baseline"] == "loo" and l3["samples_per_prompt"] < 2 and l3["sample_prompts"] < 2:
-        errs.append("config.l3m.baseline: a leave-one-out baseline needs at least 2 samples per step")
+    op = cfg["onpolicy"]
+    if op["baseline"] == "loo" and op["samples_per_prompt"] < 2 and op["sample_prompts"] < 2:
+        errs.append("config.onpolicy.baseline: a leave-one-out baseline needs at least 2 samples per step")
     d, b, p = cfg["data"], cfg["base_model"], cfg["preferences"]
     if d["source"] == "hf":
         if not d["hf"]["path"]:
@@ -192,7 +204,7 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
     from methods.core.distributed import split_errors
 
     procs = cfg["hardware"]["processes"]
-    errs += split_errors(cfg["l3m"], procs, "config.l3m", f"hardware.processes = {procs}")
+    errs += split_errors(cfg["onpolicy"], procs, "config.onpolicy", f"hardware.processes = {procs}")
     if cfg["hardware"]["fsdp"] and cfg["hardware"]["processes"] < 2:
         errs.append("config.hardware.fsdp: sharding needs hardware.processes >= 2 (one per GPU); "
                     "set processes or fsdp: false")

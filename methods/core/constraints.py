@@ -85,7 +85,7 @@ def pg_baseline(values: torch.Tensor, kind: str, group: int, previous: torch.Ten
         return previous.to(values).unsqueeze(-1).expand_as(values)
     if kind in ("ema", "none"):
         return torch.zeros_like(values)
-    raise ValueError(f"l3m.baseline: {kind!r} is not one of loo, ema, none")
+    raise ValueError(f"onpolicy.baseline: {kind!r} is not one of loo, ema, none")
 
 
 def pg_surrogate(logp: torch.Tensor, values: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:

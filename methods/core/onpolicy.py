@@ -62,7 +62,8 @@ class OnPolicyRun:
     step_hooks: list = []
 
     def __init__(self, cfg: dict, method: str, init_dir: str, out_dir: str, data_dir: str, *, steps: int,
-                 lr: float, warmup: float, reward_names: list[str], extra_state: dict):
+                 lr: float, warmup: float, reward_names: list[str], extra_state: dict,
+                 weight_decay: float | None = None, scheduler: str | None = None):
         from transformers import get_scheduler
 
         from methods.core.generation import model_context
@@ -73,12 +74,12 @@ class OnPolicyRun:
 
         self.t0 = time.time()
         self.cfg, self.method, self.init_dir, self.steps = cfg, method, str(init_dir), steps
-        self.s = cfg["l3m"]  # sampling and task-batch settings shared by the on-policy trainers
+        self.s = cfg["onpolicy"]  # sampling, task-batch and optimiser settings shared by the on-policy trainers
         seed_everything(cfg["seed"])
         self.device = cfg["hardware"]["device"]
         self.world, self.rank, local = init_distributed(self.device)
         if self.world > 1:
-            errs = split_errors(self.s, self.world, "l3m", f"{self.world} processes")
+            errs = split_errors(self.s, self.world, "onpolicy", f"{self.world} processes")
             if errs:
                 raise ValueError("; ".join(errs))
             if self.device == "cuda":
@@ -101,7 +102,7 @@ class OnPolicyRun:
                         for n in dict.fromkeys(reward_names)}
         self.rows = read_jsonl(Path(data_dir) / "train.jsonl")
         # samples: the model's context (the sampler reserves max_new_tokens, as in evaluation);
-        # task pairs: at most l3m.max_length tokens (both cut by fit_to_context)
+        # task pairs: at most onpolicy.max_length tokens (both cut by fit_to_context)
         self.ctx = model_context(self.model)
         self.task_ctx = min(self.ctx, self.s["max_length"])
         self.gen = {"max_new_tokens": self.s["max_new_tokens"], "do_sample": True, "temperature": self.s["temperature"],
@@ -110,11 +111,13 @@ class OnPolicyRun:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         cuda = str(self.device).startswith("cuda")
         # on CUDA: the fused AdamW kernel, and bf16 autocast (hardware.bf16; FSDP has its own policy)
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=self.s["weight_decay"],
+        # the optimiser: the caller's settings (CPO's own section), else onpolicy's (L3M, MM)
+        weight_decay = self.s["weight_decay"] if weight_decay is None else weight_decay
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay,
                                      fused=(cuda and not self.fsdp) or None)
         self.bf16 = cuda and bool(hw["bf16"]) and not self.fsdp
         warm = int(warmup * steps) if warmup < 1 else int(warmup)
-        self.sched = get_scheduler(self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
+        self.sched = get_scheduler(scheduler or self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
         self.state = {"step": 0, "order": None, **extra_state}
         self.rng = random.Random(cfg["seed"])
         if ck is not None:  # resume (the weights are loaded above, before any sharding)
@@ -139,7 +142,7 @@ class OnPolicyRun:
                 path.write_text("".join(x for x in open(path) if json.loads(x)["step"] < self.state["step"]))
         self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
         self.stats = {}
-        # held-out evaluation (l3m.eval_every); the run's clock leaves out the evaluation's own time
+        # held-out evaluation (onpolicy.eval_every); the run's clock leaves out the evaluation's own time
         self.eval_rows = (read_jsonl(Path(data_dir) / f"{self.s['eval_split']}.jsonl")[: self.s["eval_prompts"]]
                           if self.s["eval_every"] else [])
         self.eval_s, self.clock0, self._evaluated = 0.0, self.state.get("elapsed_s", 0.0), None
@@ -151,7 +154,7 @@ class OnPolicyRun:
         return [self.rows[self.state["order"][(i0 + j) % len(self.rows)]] for j in range(bs)]
 
     def encode_task(self, rows: list[dict]) -> tuple[list[list[int]], list[int]]:
-        """Task pairs as (sequences, response starts), cut to ``l3m.max_length`` by fit_to_context."""
+        """Task pairs as (sequences, response starts), cut to ``onpolicy.max_length`` by fit_to_context."""
         from methods.core.models import encode_target
 
         return encode_target(self.tok, rows, "response", self.task_ctx)
@@ -192,7 +195,7 @@ class OnPolicyRun:
 
     def sample_logprob(self, model, samples) -> torch.Tensor:
         """log pi_T(y|x) of each sample under ``model``, at the sampling temperature T and behind the
-        prompt ids it was drawn from: summed over the response tokens (l3m.pg_estimator: sequence)
+        prompt ids it was drawn from: summed over the response tokens (onpolicy.pg_estimator: sequence, sequence_scaled)
         or their mean (length_normalized)."""
         self.stats["sample_train_tokens"] = sum(len(x["prompt_ids"]) + len(x["response_ids"]) + int(x["finished"]) for x in samples)
         with self.autocast():

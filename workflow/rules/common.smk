@@ -189,8 +189,21 @@ def method_inputs(method, overrides):
     return []
 
 
-# L3M ablations (workflow/rules/ablations.smk): one row of a Paramspace grid per setting
-ABL_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "ema", "clip", "length_normalize", "pg_estimator", "baseline"]
+# L3M ablations (workflow/rules/ablations.smk): one row of a Paramspace grid per setting; its keys
+# come from the l3m section (the barrier's schedule, clipping) or the onpolicy one (the estimator)
+ABL_L3M_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "clip"]
+ABL_ONPOLICY_KEYS = ["ema", "length_normalize", "pg_estimator", "baseline"]
+ABL_KEYS = [
+    "mu0",
+    "mu_min",
+    "mu_decay",
+    "relax",
+    "ema",
+    "clip",
+    "length_normalize",
+    "pg_estimator",
+    "baseline",
+]  # path order
 
 
 def ablation_frame():
@@ -198,23 +211,25 @@ def ablation_frame():
 
     rows = []
     for st in CFG["ablations"]["settings"]:
-        full = {k: st.get(k, CFG["l3m"][k]) for k in ABL_KEYS}
+        full = {k: st.get(k, CFG["l3m" if k in ABL_L3M_KEYS else "onpolicy"][k]) for k in ABL_KEYS}
         full["relax"] = "mu2" if full["relax"] is None else full["relax"]
         rows.append({"name": st["name"], **full})
     return pd.DataFrame(rows, columns=["name"] + ABL_KEYS)
 
 
 def ablation_set(wildcards):
-    """The --set overrides of one ablation row: its l3m keys and the ablation band as the constraint."""
+    """The --set overrides of one ablation row: its l3m and onpolicy keys, the ablation band as the constraint."""
     inst = ABLATIONS.instance(wildcards)
-    l3m = {k: inst[k] for k in ABL_KEYS}
-    l3m["relax"] = None if str(l3m["relax"]) == "mu2" else float(l3m["relax"])
-    l3m["length_normalize"] = str(l3m["length_normalize"]) == "True"
+    v = {k: inst[k] for k in ABL_KEYS}
+    v["relax"] = None if str(v["relax"]) == "mu2" else float(v["relax"])
+    v["length_normalize"] = str(v["length_normalize"]) == "True"
     for k in ("mu0", "mu_min", "ema"):
-        l3m[k] = float(l3m[k])
-    l3m["mu_decay"] = "auto" if str(l3m["mu_decay"]) == "auto" else float(l3m["mu_decay"])
+        v[k] = float(v[k])
+    v["mu_decay"] = "auto" if str(v["mu_decay"]) == "auto" else float(v["mu_decay"])
     cons = [{"reward": CFG["ablations"]["reward"], "band": CFG["ablations"]["band"]}]
-    return json.dumps({"l3m": l3m, "constraints": cons})
+    return json.dumps(
+        {"l3m": {k: v[k] for k in ABL_L3M_KEYS}, "onpolicy": {k: v[k] for k in ABL_ONPOLICY_KEYS}, "constraints": cons}
+    )
 
 
 wildcard_constraints:
