@@ -11,7 +11,7 @@ from pathlib import Path
 from methods.core.io import pairs_dir, read_jsonl
 from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.preempt import run_trainer
-from methods.core.record import run_record, seed_everything
+from methods.core.record import run_record, seed_everything, tracking
 
 
 def conversational_pairs(rows: list[dict]) -> list[dict]:
@@ -37,7 +37,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         per_device_train_batch_size=d["batch_size"], learning_rate=d["lr"], beta=d["beta"],
         max_length=d["max_length"], lr_scheduler_type="cosine", warmup_steps=0.05,
         max_grad_norm=1.0, logging_steps=d["logging_steps"], logging_first_step=True, save_steps=d["save_steps"],
-        save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],
+        save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=tracking(cfg, work),
         **trainer_hardware(cfg["hardware"]))
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     resumed = run_trainer(trainer, work)

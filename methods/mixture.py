@@ -19,7 +19,7 @@ from methods.core.data import to_conversational
 from methods.core.io import read_jsonl
 from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.preempt import run_trainer
-from methods.core.record import run_record, seed_everything
+from methods.core.record import run_record, seed_everything, tracking
 
 
 def reward_func(reward, tok):
@@ -75,7 +75,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         temperature=cfg["onpolicy"]["temperature"], top_k=0, top_p=1.0, learning_rate=m["lr"], beta=m["beta"],
         reward_weights=[float(w) for w in weights], lr_scheduler_type="cosine", warmup_steps=0.05,
         max_grad_norm=1.0, logging_steps=m["logging_steps"], logging_first_step=True, save_steps=m["save_steps"],
-        save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=[],
+        save_total_limit=1, seed=cfg["seed"], data_seed=cfg["seed"], report_to=tracking(cfg, work),
         **trainer_hardware(cfg["hardware"]))
     trainer = RLOOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok)
     resumed = run_trainer(trainer, work)

@@ -17,7 +17,7 @@ from methods.core.io import read_jsonl
 from methods.core.models import (load_tokenizer, prepare_work_dir, save_trained,
                                  trainer_hardware)
 from methods.core.preempt import run_trainer
-from methods.core.record import run_record, seed_everything
+from methods.core.record import run_record, seed_everything, tracking
 from methods.core.rewards import rm_encode, score_ids
 
 
@@ -59,7 +59,7 @@ def train(cfg: dict, name: str, init_dir: str, pairs_dir: str, reference: str, o
         learning_rate=rm["lr"], lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=rm["weight_decay"],
         max_length=None, center_rewards_coefficient=rm["center_rewards"], logging_steps=rm["logging_steps"],
         logging_first_step=True, save_steps=rm["save_steps"], save_total_limit=1, seed=cfg["seed"],
-        data_seed=cfg["seed"], report_to=[], disable_tqdm=False, **trainer_hardware(cfg["hardware"]))
+        data_seed=cfg["seed"], report_to=tracking(cfg, work), disable_tqdm=False, **trainer_hardware(cfg["hardware"]))
     before = pair_accuracy(model, tok, test_pairs, max_length)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     resumed = run_trainer(trainer, work)

@@ -14,7 +14,7 @@ from methods.core.data import to_conversational
 from methods.core.io import read_jsonl
 from methods.core.models import load_model, prepare_work_dir, save_trained, trainer_hardware
 from methods.core.preempt import run_trainer
-from methods.core.record import run_record, seed_everything
+from methods.core.record import run_record, seed_everything, tracking
 
 
 def sft_config(cfg: dict, work: Path):
@@ -30,7 +30,7 @@ def sft_config(cfg: dict, work: Path):
         completion_only_loss=True, packing=False, logging_steps=s["logging_steps"], logging_first_step=True,
         save_steps=s["save_steps"], save_total_limit=1, eval_strategy="steps",
         eval_steps=max(s["logging_steps"], s["save_steps"]), seed=cfg["seed"], data_seed=cfg["seed"],
-        report_to=[], **trainer_hardware(cfg["hardware"]),
+        report_to=tracking(cfg, work), **trainer_hardware(cfg["hardware"]),
     )
 
 

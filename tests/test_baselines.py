@@ -148,3 +148,40 @@ def test_reward_model_trains_and_truncates(tmp_path, micro_cfg, micro_model_dir,
     assert rm.max_length == 96  # capped at the model's context
     s = rm([long, "hi"], [long, "hello"])
     assert s.shape == (2,) and torch.isfinite(s).all() and rm.normalized
+
+
+def _scalars(model_dir):
+    """Every TensorBoard scalar tag in a model folder -> its values, read by tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for events in (model_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out[tag] = [e.value for e in acc.Scalars(tag)]
+    return out
+
+
+def test_live_tracking_writes_tensorboard_events_only_when_asked(tmp_path, micro_cfg, micro_model_dir, micro_data):
+    """logging.report_to: tensorboard: a TRL trainer (DPO) and an on-policy one (L3M) write the scalars
+    they log per step; with the default (none) no events are written."""
+    from methods import dpo, l3m
+
+    track = {"logging": {"report_to": "tensorboard"}}
+    dpo_over = {"dpo": {"pairs": ["contrast"], "max_steps": 3, "batch_size": 8, "logging_steps": 1}}
+    dpo.train(_cfg(micro_cfg, tmp_path, **dpo_over, **track), str(micro_model_dir), str(tmp_path / "dpo"),
+              str(micro_data / "task"))
+    tags = _scalars(tmp_path / "dpo")
+    assert len(tags["train/loss"]) == 3 and all(math.isfinite(v) for v in tags["train/loss"])
+    l3m_over = {"constraints": [{"reward": "length", "band": [0, 3]}], "l3m": {"steps": 3, "logging_steps": 1},
+                "onpolicy": {"batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12}}
+    l3m.train(_cfg(micro_cfg, tmp_path, **l3m_over, **track), str(micro_model_dir), str(tmp_path / "l3m"),
+              str(micro_data / "task"))
+    log = [json.loads(x) for x in open(tmp_path / "l3m" / "train_log.jsonl")]
+    tags = _scalars(tmp_path / "l3m")
+    assert tags["C_hat[length<=3]"] == pytest.approx([r["C_hat[length<=3]"] for r in log], rel=1e-6)
+    assert tags["mu"] == pytest.approx([r["mu"] for r in log])
+    l3m.train(_cfg(micro_cfg, tmp_path, **l3m_over), str(micro_model_dir), str(tmp_path / "plain"),
+              str(micro_data / "task"))
+    assert not (tmp_path / "plain" / "tensorboard").exists()

@@ -323,10 +323,10 @@ def set_threads(hw: dict) -> None:
 
 
 def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json_files: dict | None = None,
-                 jsonl_files: dict | None = None, state_dict: dict | None = None, copy_dirs: dict | None = None) -> dict:
+                 jsonl_files: dict | None = None, state_dict: dict | None = None) -> dict:
     """The end of every trainer: weights (``state_dict``: the gathered full weights of a sharded
-    model), tokenizer, ``l3m_run.json`` (and any extra JSON/JSONL files, and folders ``copy_dirs``
-    {name: source} that exist) written into ``out_dir`` atomically, then the checkpoint folder
+    model), tokenizer, ``l3m_run.json``, any extra JSON/JSONL files and the work folder's TensorBoard
+    events (``logging.report_to``) written into ``out_dir`` atomically, then the checkpoint folder
     ``work`` removed. Every process calls it; rank 0 writes."""
     import json
     import shutil
@@ -340,9 +340,8 @@ def save_trained(model, tok, out_dir: str | Path, record: dict, work: Path, json
         model.save_pretrained(tmp, state_dict=state_dict)
         tok.save_pretrained(tmp)
         write_json(tmp / "l3m_run.json", record)
-        for name, src in (copy_dirs or {}).items():
-            if Path(src).exists():
-                shutil.copytree(src, tmp / name)
+        if (Path(work) / "tensorboard").exists():
+            shutil.copytree(Path(work) / "tensorboard", tmp / "tensorboard")
         for name, obj in (json_files or {}).items():
             write_json(tmp / name, obj)
         for name, rows in (jsonl_files or {}).items():

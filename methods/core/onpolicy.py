@@ -140,7 +140,8 @@ class OnPolicyRun:
         for path in (self.log_path, self.eval_log_path):  # resumed: drop rows logged after the checkpoint
             if path.exists() and self.rank == 0:
                 path.write_text("".join(x for x in open(path) if json.loads(x)["step"] < self.state["step"]))
-        self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 else None
+        live = cfg["logging"]["report_to"] == "tensorboard"  # logging.report_to: the scalars of every logged step
+        self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 and live else None
         self.stats = {}
         # held-out evaluation (onpolicy.eval_every); the run's clock leaves out the evaluation's own time
         self.eval_rows = (read_jsonl(Path(data_dir) / f"{self.s['eval_split']}.jsonl")[: self.s["eval_prompts"]]
@@ -373,8 +374,7 @@ class OnPolicyRun:
 
             weights = full_state(self.model)[0]
         return save_trained(self.model, self.tok, self.out_dir, rec, self.work, state_dict=weights,
-                            jsonl_files={"train_log.jsonl": log, **({"eval_log.jsonl": evals} if evals else {})},
-                            copy_dirs={"tensorboard": self.work / "tensorboard"})
+                            jsonl_files={"train_log.jsonl": log, **({"eval_log.jsonl": evals} if evals else {})})
 
 
 def time_to_feasible(evals: list[dict], offset_s: float = 0.0) -> dict:
@@ -396,9 +396,7 @@ def time_to_feasible(evals: list[dict], offset_s: float = 0.0) -> dict:
 
 
 def _tensorboard(path: Path):
-    """A TensorBoard writer when tensorboard is installed (optional), else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
+    """A TensorBoard writer (tensorboard is pinned in requirements.txt)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(path))

@@ -78,3 +78,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def tracking(cfg: dict, work) -> list[str]:
+    """``report_to`` for HF/TRL trainers from ``logging.report_to``: TensorBoard events go to
+    ``<work>/tensorboard`` (save_trained keeps them in the model folder); none: no tracker."""
+    import os
+    from pathlib import Path
+
+    if cfg.get("logging", {}).get("report_to", "none") != "tensorboard":
+        return []
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(work) / "tensorboard")
+    return ["tensorboard"]
