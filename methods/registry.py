@@ -10,6 +10,19 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Callable
+
+
+def _no_inputs(cfg: dict) -> dict:
+    return {}
+
+
+def _constraint_rewards(cfg: dict) -> dict:
+    return {"rewards": [c["reward"] for c in cfg["constraints"]]}
+
+
+def _mixture_rewards(cfg: dict) -> dict:
+    return {"rewards": cfg["mixture"]["rewards"] or cfg["experiments"]["two_reward"]["rewards"]}
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,9 @@ class Method:
     # further config sections (or "section.key") the method's training reads; SFT's use of
     # evaluation.batch_size (its validation loss only) leaves the weights alone and is not listed
     reads: tuple[str, ...] = ()
+    # what a run reads besides its init model and the task data, from its resolved config:
+    # {"rewards": reward names (the DAG adds the reward models among them as inputs), "pairs": pair sets}
+    needs: Callable[[dict], dict] = _no_inputs
 
     def load(self):
         return importlib.import_module(self.module)
@@ -31,13 +47,15 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)"),
         Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage",
-               reads=("onpolicy", "constraints", "rewards", "generation")),
+               reads=("onpolicy", "constraints", "rewards", "generation"), needs=_constraint_rewards),
         Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT",
-               reads=("onpolicy", "constraints", "rewards", "generation")),
+               reads=("onpolicy", "constraints", "rewards", "generation"), needs=_constraint_rewards),
         Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
-               reads=("onpolicy.temperature", "rewards", "experiments.two_reward")),
-        Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)"),
-        Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint"),
+               reads=("onpolicy.temperature", "rewards", "experiments.two_reward"), needs=_mixture_rewards),
+        Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)",
+               needs=lambda cfg: {"pairs": cfg["dpo"]["pairs"]}),
+        Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint",
+               needs=lambda cfg: {"pairs": [cfg["cpo"]["objective"], cfg["cpo"]["constraint"]]}),
     ]
 }
 

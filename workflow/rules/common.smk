@@ -94,7 +94,6 @@ MODELS = list(
 )
 REWARDS = CFG["evaluation"]["rewards"]
 RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] == "reward_model"]
-ON_POLICY = {"l3m", "mm"}
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
 TRAIN_THREADS = CFG["hardware"]["train_threads"]  # Snakemake caps it at --cores
 
@@ -176,17 +175,10 @@ def reward_inputs(names):
 
 
 def method_inputs(method, overrides):
-    """What a training run reads besides its init model and the task data: reward models, pair sets."""
-    cfg = deep_merge(CFG, overrides)
-    if method in ON_POLICY:
-        return reward_inputs(c["reward"] for c in cfg["constraints"])
-    if method == "mixture":
-        return reward_inputs(cfg["mixture"]["rewards"] or TWO["rewards"])
-    if method == "dpo":
-        return [f"{pair_dir(n)}/train.jsonl" for n in cfg["dpo"]["pairs"]]
-    if method == "cpo":
-        return [f"{pair_dir(cfg['cpo'][k])}/train.jsonl" for k in ("objective", "constraint")]
-    return []
+    """What a training run reads besides its init model and the task data, as its registry entry
+    declares it (``needs``): the reward models among its rewards, its pair sets."""
+    need = METHODS[method].needs(deep_merge(CFG, overrides))
+    return reward_inputs(need.get("rewards", [])) + [f"{pair_dir(n)}/train.jsonl" for n in need.get("pairs", [])]
 
 
 # L3M ablations (workflow/rules/ablations.smk): one row of a Paramspace grid per setting; its keys
