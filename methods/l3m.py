@@ -9,19 +9,20 @@ minimises the task NLL plus the relaxed log-barrier of every constraint estimate
 What the policy-gradient estimate estimates (``onpolicy.pg_estimator``; checked by exact enumeration
 of every response of a tiny Llama in tests/test_estimators.py):
 
-- ``sequence``: log pi(y|x) is the summed log-probability of the response tokens (and
+- ``sequence`` (default): log pi(y|x) is the summed log-probability of the response tokens (and
   EOS), at the sampling temperature, behind the prompt ids it was sampled from. With a baseline
   that does not depend on the sample it multiplies (leave-one-out over the prompt's other samples;
   the EMA of earlier steps; none), the expectation of the estimate is exactly grad C_i.
-- ``sequence_scaled`` (default): the ``sequence`` surrogate divided by the constant
-  max_new_tokens + 1 (``pg_divisor``): expectation exactly grad C_i / (max_new_tokens + 1), the
-  exact direction at the per-token scale of the normalised form. Chosen by the estimator ablation
-  (results/README.md): on both CPU configs it met the band [8, 16] at the lowest task NLL, as low
-  as the normalised form's, where the unscaled estimate, clipped at barrier_max_norm, cost 0.12-0.22
-  nats/token more.
 - ``length_normalized`` (the paper-style form): log pi(y|x) / |y| (|y| = response tokens + EOS).
   Its expectation is grad E[g_i/|y|] - E[baseline] * grad E[1/|y|] with g and |y| held fixed,
   which is not grad C_i: it can point away from it (cosine -0.3 on a flexible policy).
+
+The barrier enters the step with a weight w (``l3m.barrier_weight``): grad L + w * sum_i lambda_i
+grad C_i, the gradient of L + w * (1/k) sum_i B_mu(C_i). w = 1 is the paper's G_mu; the default,
+``auto``, is 1 / (onpolicy.max_new_tokens + 1). For the log part of the barrier w * B_mu = B_{w mu},
+so w only rescales the mu schedule (not the relaxation s = mu^2). Chosen by the ablation in
+results/README.md: with w = 1 the barrier gradient hits barrier_max_norm in half the steps and the
+bands cost 0.14-0.28 nats/token of task NLL, with w = 1/65 0.08-0.22 less.
 
 The maths lives in small pure functions below (checked against closed forms in the tests); the
 loop is plain PyTorch over the shared pieces (sampling, log-probs, rewards).
@@ -31,8 +32,7 @@ from __future__ import annotations
 import torch
 
 from methods.barrier import multipliers, relaxed_log_barrier
-from methods.core.constraints import (constraint_scales, ema_update, expand_constraints, pg_baseline, pg_divisor,
-                                      pg_surrogate)
+from methods.core.constraints import constraint_scales, ema_update, expand_constraints, pg_baseline, pg_surrogate
 
 # ---------------------------------------------------------------------------------------------
 # pure functions
@@ -66,6 +66,16 @@ def mu_schedule_error(c: dict, field: str = "config.l3m") -> str | None:
            else "use more steps or a smaller mu_every")
     return (f"{field}.mu_decay: {d:g} every {c['mu_every']} steps ends at mu = {last:.4g} after {c['steps']} steps, "
             f"not mu_min {c['mu_min']:g}; {fix}, or mu_decay: 1 for a fixed mu")
+
+
+def barrier_weight(c: dict, op: dict) -> float:
+    """w of ``l3m.barrier_weight``: a number as given, ``auto`` 1 / (onpolicy.max_new_tokens + 1)."""
+    return 1.0 / (op["max_new_tokens"] + 1) if c["barrier_weight"] == "auto" else float(c["barrier_weight"])
+
+
+def weighted_barrier(loss: torch.Tensor, c: dict, op: dict) -> torch.Tensor:
+    """The barrier surrogate times w (``auto``: divided by max_new_tokens + 1, exactly)."""
+    return loss / (op["max_new_tokens"] + 1) if c["barrier_weight"] == "auto" else loss * float(c["barrier_weight"])
 
 
 def barrier_value(c: torch.Tensor, mu: float, s: float | None) -> float:
@@ -118,7 +128,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
         base = pg_baseline(g, op["baseline"], op["samples_per_prompt"], c_prev)
-        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / pg_divisor(op)
+        barrier_loss = weighted_barrier((lam.to(run.device) * pg_surrogate(logp, g, base)).sum(), c, op)
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":
@@ -142,7 +152,8 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         state["step"] += 1
         if run.should_log(step, c["logging_steps"]):
             lengths = torch.tensor([float(x["n_tokens"]) for x in samples], dtype=torch.float64)
-            rec = {"step": step, "mu": mu, "s": s, "task_loss": run.global_mean(task_loss.detach()).item(),
+            rec = {"step": step, "mu": mu, "s": s, "barrier_weight": barrier_weight(c, op),
+                   "task_loss": run.global_mean(task_loss.detach()).item(),
                    "barrier": barrier_value(c_hat, mu, s), "lr": run.sched.get_last_lr()[0],
                    "mean_length": run.global_mean(lengths.mean()).item(),
                    "frac_finished": run.global_mean(torch.tensor([float(x["finished"]) for x in samples], dtype=torch.float64).mean()).item(),

@@ -9,12 +9,11 @@ policy step with the current lambda (REINFORCE on the per-sample cost sum_i lamb
 kl, the baseline of ``onpolicy.baseline``, the same samples and constraint values as L3M), then
 projected dual ascent lambda_i <- max(0, lambda_i + eta * C_i) on the batch estimates.
 
-With ``onpolicy.pg_estimator: sequence`` or ``sequence_scaled`` (the default) kl is the sequence log-ratio log pi(y|x) -
+With ``onpolicy.pg_estimator: sequence`` (the default) kl is the sequence log-ratio log pi(y|x) -
 log pi_SFT(y|x) (summed over the response tokens, both at the sampling temperature), so the
 estimate's expectation is exactly sum_i lambda_i grad C_i + beta grad KL(pi || pi_SFT) over whole
 responses: the sequence-level KL and summed log-probabilities TRL's RLOOTrainer (the mixture
-baseline) uses; ``sequence_scaled`` is the same for MM (its scale divides only L3M's barrier
-gradient: MM's policy step is set by its own lr and dual_lr). With ``length_normalized`` both log pi and kl are per-token means (the paper-style
+baseline) uses. With ``length_normalized`` both log pi and kl are per-token means (the paper-style
 form, biased like L3M's: see methods/l3m.py). Needs the separate SFT stage and a frozen reference
 copy: the costs L3M avoids.
 """

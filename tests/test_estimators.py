@@ -352,36 +352,30 @@ def test_a_schedule_that_stops_short_of_mu_min_is_a_config_error(micro_cfg):
     assert cfg["l3m"]["mu_decay"] == 0.735642
 
 
-@pytest.mark.parametrize("method", ["l3m", "mm"])
-def test_sequence_scaled_is_the_sequence_step_over_a_constant(tmp_path, micro_cfg, micro_model_dir, method):
-    """One real step of each trainer from the same model and seed (so the same samples): L3M's
-    barrier gradient before clipping is the sequence one divided by exactly max_new_tokens + 1 and
-    its task gradient is unchanged; MM's step is the sequence one (it has its own step sizes). With
-    the enumeration tests above (the sequence estimate's expectation is grad C), L3M's scaled
-    one's is grad C / (max_new_tokens + 1)."""
+def test_the_barrier_weight_scales_only_the_barrier_gradient(tmp_path, micro_cfg, micro_model_dir):
+    """One real L3M step from the same model and seed (so the same samples), barrier_weight auto
+    against 1: the barrier gradient before clipping is divided by exactly max_new_tokens + 1 = 13, the
+    task gradient is the same bit for bit. With the enumeration tests above (the sequence estimate's
+    expectation is grad C), the weighted step's barrier part has expectation grad C / 13."""
     import json
 
-    from methods import l3m, minimax
+    from methods import l3m
     from methods.core.config import deep_merge, validate_config
     from methods.core.data import build_task_splits
 
     data = tmp_path / "data"
     build_task_splits(dict(micro_cfg["data"], n_train=40), data)
-    norms = {}
-    for est in ("sequence", "sequence_scaled"):
+    logs = {}
+    for w in ("auto", 1):
         cfg = validate_config(deep_merge(micro_cfg, {
             "constraints": [{"reward": "length", "band": [0, 3]}],
-            "l3m": {"steps": 1, "mu_decay": 1.0, "logging_steps": 1, "barrier_max_norm": 1e6},
-            "onpolicy": {"batch_size": 4, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
-                         "pg_estimator": est},
-            "mm": {"steps": 1, "task_weight": 0.0, "lambda0": 1.0, "max_grad_norm": 1e6, "logging_steps": 1},
+            "l3m": {"steps": 1, "mu_decay": 1.0, "logging_steps": 1, "barrier_max_norm": 1e6, "barrier_weight": w},
+            "onpolicy": {"batch_size": 4, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12},
             "experiments": {"length": {"enabled": False}}}))
-        out = tmp_path / f"{method}_{est}"
-        (l3m if method == "l3m" else minimax).train(cfg, str(micro_model_dir), str(out), str(data))
-        norms[est] = json.loads(open(out / "train_log.jsonl").readline())
-    key = "grad_norm_barrier" if method == "l3m" else "grad_norm"
-    assert norms["sequence"][key] > 1e-3
-    ratio = 13.0 if method == "l3m" else 1.0
-    assert norms["sequence"][key] / norms["sequence_scaled"][key] == pytest.approx(ratio, rel=1e-4)
-    if method == "l3m":
-        assert norms["sequence"]["grad_norm_task"] == pytest.approx(norms["sequence_scaled"]["grad_norm_task"], rel=1e-6)
+        l3m.train(cfg, str(micro_model_dir), str(tmp_path / f"w{w}"), str(data))
+        logs[w] = json.loads(open(tmp_path / f"w{w}" / "train_log.jsonl").readline())
+    assert logs[1]["grad_norm_barrier"] > 1e-3
+    assert logs[1]["grad_norm_barrier"] / logs["auto"]["grad_norm_barrier"] == pytest.approx(13.0, rel=1e-6)
+    assert logs[1]["grad_norm_task"] == logs["auto"]["grad_norm_task"]
+    assert (logs["auto"]["barrier_weight"], logs[1]["barrier_weight"]) == (1 / 13, 1.0)
+    assert logs[1]["lambda[length<=3]"] == logs["auto"]["lambda[length<=3]"]  # the barrier's, before w

@@ -15,10 +15,15 @@ def import_graph() -> dict[str, set[str]]:
     for mod, path in files.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's package, up level - 1 packages
+                    pkg = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+                    pkg = pkg[: len(pkg) - (node.level - 1)]
+                    base = ".".join(pkg + ([node.module] if node.module else []))
+                names = [f"{base}.{a.name}" for a in node.names]
                 hits = [n for n in names if n in files]
-                deps.update(hits or ([node.module] if node.module in files else []))
+                deps.update(hits or ([base] if base in files else []))
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in files)
         graph[mod] = deps - {mod, *[m for m in deps if mod.startswith(m + ".") or m in PACKAGES]}
@@ -41,6 +46,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for m in sorted(graph):
         walk(m, m, [m])
     return [list(c) for c in sorted(found)]
+
+
+def test_relative_imports_are_read():
+    graph = import_graph()
+    assert "methods.core.io" in graph["methods.core.models"]  # `from .io import ...`
 
 
 def test_cycle_finder_finds_a_known_cycle():

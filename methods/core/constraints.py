@@ -95,14 +95,6 @@ def pg_surrogate(logp: torch.Tensor, values: torch.Tensor, baseline: torch.Tenso
     return (adv * logp.unsqueeze(0)).mean(-1)
 
 
-def pg_divisor(section: dict) -> float:
-    """What L3M's barrier surrogate is divided by: ``max_new_tokens + 1`` (the longest response
-    with its EOS) for ``pg_estimator: sequence_scaled``, else 1 (MM does not scale its step). A constant, so the scaled estimate's
-    expectation is the exact gradient divided by it, at most the per-token scale of
-    ``length_normalized`` for every sample."""
-    return float(section["max_new_tokens"] + 1) if section["pg_estimator"] == "sequence_scaled" else 1.0
-
-
 def dual_ascent(lam: torch.Tensor, c: torch.Tensor, lr: float) -> torch.Tensor:
     """Projected dual ascent: lambda <- max(0, lambda + lr * C) (C > 0: violated, lambda grows)."""
     return (lam + lr * c).clamp(min=0.0)

@@ -1,4 +1,4 @@
-"""What the hand-written on-policy trainers (L3M, minimax) share: model and optimiser set-up,
+"""What the hand-written trainers (L3M, minimax; CPO for its loop) share: model and optimiser set-up,
 resumable state, the task mini-batch and its NLL, sampling from the current policy and scoring
 the samples, sequence log-probabilities, the training log, checkpoints and the atomic final save.
 
@@ -54,7 +54,8 @@ def clip_and_get(params, max_norm: float) -> tuple[list[torch.Tensor], float]:
 
 
 class OnPolicyRun:
-    """One resumable on-policy run: ``section`` names the config block of the trainer.
+    """One resumable run of ``method``: settings from ``cfg["onpolicy"]``; the optimiser's learning rate
+    and warmup from the caller (and weight decay and scheduler when it passes them: CPO).
 
     ``step_hooks``: callables ``hook(run)`` called at the end of every step (the speed benchmark
     times steps with them); ``run.stats`` holds the step's token counts and sampling time."""
@@ -196,7 +197,7 @@ class OnPolicyRun:
 
     def sample_logprob(self, model, samples) -> torch.Tensor:
         """log pi_T(y|x) of each sample under ``model``, at the sampling temperature T and behind the
-        prompt ids it was drawn from: summed over the response tokens (onpolicy.pg_estimator: sequence, sequence_scaled)
+        prompt ids it was drawn from: summed over the response tokens (onpolicy.pg_estimator: sequence)
         or their mean (length_normalized)."""
         self.stats["sample_train_tokens"] = sum(len(x["prompt_ids"]) + len(x["response_ids"]) + int(x["finished"]) for x in samples)
         with self.autocast():

@@ -1,5 +1,5 @@
 # L3M ablations as a Snakemake Paramspace grid: `snakemake --cores all ablations`.
-# One L3M per row of config.ablations.settings (each row: config.l3m with the row's keys changed),
+# One L3M per row of config.ablations.settings (each row: config.l3m and config.onpolicy with the row's keys changed),
 # all on the band config.ablations.band, then sampled and scored on the test prompts.
 from snakemake.utils import Paramspace
 

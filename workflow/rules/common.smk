@@ -183,7 +183,7 @@ def method_inputs(method, overrides):
 
 # L3M ablations (workflow/rules/ablations.smk): one row of a Paramspace grid per setting; its keys
 # come from the l3m section (the barrier's schedule, clipping) or the onpolicy one (the estimator)
-ABL_L3M_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "clip"]
+ABL_L3M_KEYS = ["mu0", "mu_min", "mu_decay", "relax", "clip", "barrier_weight"]
 ABL_ONPOLICY_KEYS = ["ema", "length_normalize", "pg_estimator", "baseline"]
 ABL_KEYS = [
     "mu0",
@@ -217,7 +217,8 @@ def ablation_set(wildcards):
     v["length_normalize"] = str(v["length_normalize"]) == "True"
     for k in ("mu0", "mu_min", "ema"):
         v[k] = float(v[k])
-    v["mu_decay"] = "auto" if str(v["mu_decay"]) == "auto" else float(v["mu_decay"])
+    for k in ("mu_decay", "barrier_weight"):
+        v[k] = "auto" if str(v[k]) == "auto" else float(v[k])
     cons = [{"reward": CFG["ablations"]["reward"], "band": CFG["ablations"]["band"]}]
     return json.dumps(
         {"l3m": {k: v[k] for k in ABL_L3M_KEYS}, "onpolicy": {k: v[k] for k in ABL_ONPOLICY_KEYS}, "constraints": cons}
