@@ -195,6 +195,7 @@ ABL_KEYS = [
     "length_normalize",
     "pg_estimator",
     "baseline",
+    "barrier_weight",
 ]  # path order
 
 
