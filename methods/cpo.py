@@ -45,10 +45,9 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
 
     from tqdm.auto import tqdm
 
-    from methods.core.io import read_jsonl
+    from methods.core.io import pairs_dir, read_jsonl
     from methods.core.models import load_model
     from methods.core.onpolicy import OnPolicyRun
-    from methods.core.io import pairs_dir
 
     p = cfg["cpo"]
     run = OnPolicyRun(cfg, "cpo", init_dir, out_dir, data_dir, steps=p["steps"], lr=p["lr"], warmup=p["warmup"],
