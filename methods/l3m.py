@@ -68,14 +68,10 @@ def mu_schedule_error(c: dict, field: str = "config.l3m") -> str | None:
             f"not mu_min {c['mu_min']:g}; {fix}, or mu_decay: 1 for a fixed mu")
 
 
-def barrier_weight(c: dict, op: dict) -> float:
-    """w of ``l3m.barrier_weight``: a number as given, ``auto`` 1 / (onpolicy.max_new_tokens + 1)."""
-    return 1.0 / (op["max_new_tokens"] + 1) if c["barrier_weight"] == "auto" else float(c["barrier_weight"])
-
-
-def weighted_barrier(loss: torch.Tensor, c: dict, op: dict) -> torch.Tensor:
-    """The barrier surrogate times w (``auto``: divided by max_new_tokens + 1, exactly)."""
-    return loss / (op["max_new_tokens"] + 1) if c["barrier_weight"] == "auto" else loss * float(c["barrier_weight"])
+def barrier_divisor(c: dict, op: dict) -> float:
+    """1 / w of ``l3m.barrier_weight``: the barrier surrogate is divided by it (``auto``:
+    onpolicy.max_new_tokens + 1; a weight w: 1 / w, so w = 1 leaves the surrogate as it is)."""
+    return float(op["max_new_tokens"] + 1) if c["barrier_weight"] == "auto" else 1.0 / float(c["barrier_weight"])
 
 
 def barrier_value(c: torch.Tensor, mu: float, s: float | None) -> float:
@@ -128,7 +124,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         # 4. policy-gradient surrogate for grad C_i
         logp = run.sample_logprob(run.model, samples)
         base = pg_baseline(g, op["baseline"], op["samples_per_prompt"], c_prev)
-        barrier_loss = weighted_barrier((lam.to(run.device) * pg_surrogate(logp, g, base)).sum(), c, op)
+        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / barrier_divisor(c, op)
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":
@@ -152,7 +148,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         state["step"] += 1
         if run.should_log(step, c["logging_steps"]):
             lengths = torch.tensor([float(x["n_tokens"]) for x in samples], dtype=torch.float64)
-            rec = {"step": step, "mu": mu, "s": s, "barrier_weight": barrier_weight(c, op),
+            rec = {"step": step, "mu": mu, "s": s, "barrier_weight": 1.0 / barrier_divisor(c, op),
                    "task_loss": run.global_mean(task_loss.detach()).item(),
                    "barrier": barrier_value(c_hat, mu, s), "lr": run.sched.get_last_lr()[0],
                    "mean_length": run.global_mean(lengths.mean()).item(),
