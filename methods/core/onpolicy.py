@@ -70,7 +70,7 @@ class OnPolicyRun:
         from methods.core.generation import model_context
         from methods.core.io import read_jsonl
         from methods.core.models import load_model, prepare_work_dir
-        from methods.core.record import seed_everything
+        from methods.core.record import seed_everything, tracks
         from methods.core.rewards import build_reward
 
         self.t0 = time.time()
@@ -141,8 +141,8 @@ class OnPolicyRun:
         for path in (self.log_path, self.eval_log_path):  # resumed: drop rows logged after the checkpoint
             if path.exists() and self.rank == 0:
                 path.write_text("".join(x for x in open(path) if json.loads(x)["step"] < self.state["step"]))
-        live = cfg["logging"]["report_to"] == "tensorboard"  # logging.report_to: the scalars of every logged step
-        self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 and live else None
+        # logging.report_to: tensorboard: the scalars of every logged step
+        self.tb = _tensorboard(self.work / "tensorboard") if self.rank == 0 and tracks(cfg) else None
         self.stats = {}
         # held-out evaluation (onpolicy.eval_every); the run's clock leaves out the evaluation's own time
         self.eval_rows = (read_jsonl(Path(data_dir) / f"{self.s['eval_split']}.jsonl")[: self.s["eval_prompts"]]

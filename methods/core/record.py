@@ -80,13 +80,18 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def tracks(cfg: dict) -> bool:
+    """Whether ``logging.report_to`` asks for TensorBoard events."""
+    return cfg.get("logging", {}).get("report_to", "none") == "tensorboard"
+
+
 def tracking(cfg: dict, work) -> list[str]:
     """``report_to`` for HF/TRL trainers from ``logging.report_to``: TensorBoard events go to
     ``<work>/tensorboard`` (save_trained keeps them in the model folder); none: no tracker."""
     import os
     from pathlib import Path
 
-    if cfg.get("logging", {}).get("report_to", "none") != "tensorboard":
+    if not tracks(cfg):
         return []
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(work) / "tensorboard")
     return ["tensorboard"]
