@@ -43,7 +43,7 @@ rule all:
         expand(f"{FIG}/{{fig}}.{{ext}}", fig=["fig2_length"] if LENGTH_MODELS else [], ext=["png", "pdf"]),
         expand(
             f"{FIG}/curves/{{model}}.png",
-            model=LENGTH_MODELS + [m for m in TWO_MODELS if m.startswith(("l3m_", "mm_"))],
+            model=LENGTH_MODELS + POINT_MODELS,
         ),
         expand(
             f"{OUT}/data/{{card}}_card.json",
@@ -52,4 +52,4 @@ rule all:
         expand(
             f"{FIG}/{{fig}}.{{ext}}", fig=["fig3_two_reward", "pareto"] if TWO["enabled"] else [], ext=["png", "pdf"]
         ),
-        [f"{OUT}/tables/two_reward.csv", f"{BENCH}/cost.csv"] if TWO["enabled"] and TWO["mm"] else [],
+        ([f"{OUT}/tables/two_reward.csv"] if TWO["enabled"] else []) + ([f"{BENCH}/cost.csv"] if POINT_MODELS else []),

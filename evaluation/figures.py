@@ -13,6 +13,7 @@ import seaborn as sns  # noqa: E402
 
 from methods.barrier import relaxed_log_barrier  # noqa: E402
 from methods.core.io import atomic_path  # noqa: E402
+from methods.registry import METHODS, style  # noqa: E402
 
 
 def save(fig, png: str | Path) -> list[Path]:
@@ -187,15 +188,6 @@ def ablation_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
     return save(fig, png)
 
 
-STYLE = {"base": ("init (base)", "X", "0.5"), "sft": ("SFT", "*", "black"), "l3m": ("L3M", "o", "tab:red"),
-         "mm": ("MM", "s", "tab:blue"), "mix": ("mixture RLHF", "^", "tab:green"), "dpo": ("DPO", "D", "tab:purple"),
-         "cpo": ("CPO", "P", "tab:orange")}
-
-
-def _kind(model: str) -> str:
-    return model.split("_")[0] if model.startswith(("l3m_", "mm_")) else ("mix" if model.startswith("mix") else model)
-
-
 def pareto_front(points: np.ndarray) -> np.ndarray:
     """Indices of the non-dominated points (maximising both coordinates), sorted by the first."""
     idx = [i for i, p in enumerate(points)
@@ -203,13 +195,25 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     return np.array(sorted(idx, key=lambda i: points[i][0]), dtype=int)
 
 
+def _method_styles(df: pd.DataFrame) -> dict[str, tuple[str, str, str]]:
+    """(label, marker, colour) per method of the table (its ``method`` column), from the registry."""
+    return {m: style(m) for m in dict.fromkeys(df["method"])}
+
+
+def _grid(method: str) -> str | None:
+    return None if method == "base" else METHODS[method].grid
+
+
 def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[str], png: str | Path) -> list[Path]:
     """Figure 3 of the paper. Left: mean reward 1 vs mean reward 2 per model, each constraint point,
-    dotted lines from every L3M/MM to its point, the feasible quadrant of point ``shade`` shaded.
-    Right: task NLL mean ± std of MM and L3M per constraint point."""
+    dotted lines from every constrained model to its point, the feasible quadrant of point ``shade``
+    shaded. Right: task NLL mean ± std of every constrained method per constraint point. Which model is
+    which method, and at which point, is the table's ``method`` and ``point`` columns; styles are the
+    registry's."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
     r1, r2 = "r1_mean", "r2_mean"
+    styles = _method_styles(df)
     cmap = sns.color_palette("colorblind", len(points))
     x0, y0 = points[shade]
     lim = (min(df[r1].min(), min(p[0] for p in points)) - 0.3, max(df[r1].max(), max(p[0] for p in points)) + 0.3,
@@ -221,30 +225,32 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
         ax.annotate(f"p{i}", (b1, b2), textcoords="offset points", xytext=(5, 5), fontsize=8, color=cmap[i])
     seen = set()
     for _, r in df.iterrows():
-        kind = _kind(r["model"])
-        name, marker, color = STYLE.get(kind, (kind, "o", "gray"))
-        if pd.notna(r.get("point")):
+        kind = r["method"]
+        name, marker, color = styles[kind]
+        constrained = pd.notna(r.get("point"))
+        if constrained:
             i = int(r["point"])
             ax.plot([r[r1], points[i][0]], [r[r2], points[i][1]], ls=":", color=cmap[i], lw=1)
         ax.errorbar(r[r1], r[r2], xerr=r["r1_se"], yerr=r["r2_se"], fmt=marker, color=color, ms=8 if kind != "sft" else 12,
-                    mec="white" if kind in ("l3m", "mm") else color, label=None if kind in seen else name, zorder=5)
+                    mec="white" if constrained else color, label=None if kind in seen else name, zorder=5)
         seen.add(kind)
-    mix = df[df["model"].str.startswith("mix")].sort_values(r1)
-    if len(mix):
-        ax.plot(mix[r1], mix[r2], color=STYLE["mix"][2], lw=0.8, alpha=0.6)
+    for method in [m for m in styles if _grid(m) == "weights"]:
+        sub = df[df["method"] == method].sort_values(r1)
+        ax.plot(sub[r1], sub[r2], color=styles[method][2], lw=0.8, alpha=0.6)
     ax.set(xlim=lim[:2], ylim=lim[2:], xlabel=f"mean {labels[0]} (normalised)", ylabel=f"mean {labels[1]} (normalised)",
            title="Two-reward constraints: models and constraint points")
     ax.legend(fontsize=7, loc="best")
-    for kind, dx in (("mm", -0.08), ("l3m", 0.08)):
-        sub = df[df["model"].str.startswith(kind + "_pt")].sort_values("point")
-        if len(sub):
-            name, marker, color = STYLE[kind]
-            bx.errorbar(sub["point"] + dx, sub["nll_mean"], yerr=sub["nll_std"], fmt=marker, color=color, capsize=3,
-                        label=name)
+    per_point = [m for m in dict.fromkeys(df.loc[df["point"].notna(), "method"])]
+    offsets = np.linspace(-0.08, 0.08, len(per_point)) if len(per_point) > 1 else [0.0]
+    for method, dx in zip(per_point, offsets):
+        sub = df[(df["method"] == method) & df["point"].notna()].sort_values("point")
+        name, marker, color = styles[method]
+        bx.errorbar(sub["point"].astype(float) + dx, sub["nll_mean"], yerr=sub["nll_std"], fmt=marker, color=color,
+                    capsize=3, label=name)
     for kind in ("sft", "base"):
         row = df[df["model"] == kind]
         if len(row):
-            bx.axhline(row["nll_mean"].iloc[0], ls="--", color=STYLE[kind][2], lw=1, label=f"{STYLE[kind][0]} (mean)")
+            bx.axhline(row["nll_mean"].iloc[0], ls="--", color=style(kind)[2], lw=1, label=f"{style(kind)[0]} (mean)")
     bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean ± std)", title="Task perplexity per point",
            xticks=list(range(len(points))), xticklabels=[f"p{i}\n({a:g}, {b:g})" for i, (a, b) in enumerate(points)])
     bx.legend(fontsize=7)
@@ -253,25 +259,27 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
 
 
 def pareto_figure(df: pd.DataFrame, labels: list[str], png: str | Path) -> list[Path]:
-    """The mixture-of-rewards grid and its Pareto front against the L3Ms (and MMs), in reward space."""
+    """The Pareto front of each weight-grid method (the mixture) against every other model of the
+    table, in reward space; styles are the registry's."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, ax = plt.subplots(figsize=(6, 4.4))
-    mix = df[df["model"].str.startswith("mix")]
-    if len(mix):
-        pts = mix[["r1_mean", "r2_mean"]].to_numpy()
-        front = mix.iloc[pareto_front(pts)]
-        ax.plot(front["r1_mean"], front["r2_mean"], color=STYLE["mix"][2], lw=1.5, label="mixture Pareto front")
-        for _, r in mix.iterrows():
+    styles = _method_styles(df)
+    for method in [m for m in styles if _grid(m) == "weights"]:
+        grid = df[df["method"] == method]
+        name, _, color = styles[method]
+        front = grid.iloc[pareto_front(grid[["r1_mean", "r2_mean"]].to_numpy())]
+        ax.plot(front["r1_mean"], front["r2_mean"], color=color, lw=1.5, label=f"{name} Pareto front")
+        for _, r in grid.iterrows():
             ax.annotate(r.get("weights", ""), (r["r1_mean"], r["r2_mean"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color=STYLE["mix"][2])
-    for kind in ("mix", "l3m", "mm", "sft", "dpo", "cpo"):
-        sub = df[df["model"].map(_kind) == kind]
-        if len(sub):
-            name, marker, color = STYLE[kind]
-            ax.errorbar(sub["r1_mean"], sub["r2_mean"], xerr=sub["r1_se"], yerr=sub["r2_se"], fmt=marker, color=color,
-                        ms=7, label=name, ls="none")
+                        fontsize=7, color=color)
+    for method, (name, marker, color) in styles.items():
+        if method == "base":
+            continue
+        sub = df[df["method"] == method]
+        ax.errorbar(sub["r1_mean"], sub["r2_mean"], xerr=sub["r1_se"], yerr=sub["r2_se"], fmt=marker, color=color,
+                    ms=7, label=name, ls="none")
     ax.set(xlabel=f"mean {labels[0]} (normalised)", ylabel=f"mean {labels[1]} (normalised)",
-           title="Mixture-of-rewards grid vs L3M")
+           title="Mixture-of-rewards grid vs the constrained models")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, png)

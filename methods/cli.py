@@ -6,7 +6,6 @@
     python -m methods.cli base        --config CFG --data DIR --out DIR
     python -m methods.cli reward-model --config CFG --name REWARD --init DIR --pairs DIR --data DIR --out DIR --card JSON
     python -m methods.cli train       --config CFG --method NAME --init DIR --data DIR --out DIR [--set JSON]
-    python -m methods.cli generate    --config CFG --model DIR --data DIR --out JSONL
 
 CFG is a YAML/JSON config; it is validated (with defaults filled in) before anything runs.
 """
@@ -108,26 +107,6 @@ def cmd_train(a):
     print(f"{a.method}: {rec.get('steps')} steps in {rec.get('wall_clock_s')} s")
 
 
-def cmd_generate(a):
-    from methods.core.generation import sample
-    from methods.core.io import read_jsonl, write_jsonl, write_json
-    from methods.core.models import load_model, set_threads
-    from methods.core.record import run_record
-
-    cfg = _cfg(a.config)
-    set_threads(cfg["hardware"])
-    rows = read_jsonl(Path(a.data) / "test.jsonl")
-    n = cfg["generation"]["n_prompts"]
-    rows = rows[:n] if n else rows
-    model, tok = load_model(a.model, device=cfg["hardware"]["device"])
-    samples = sample(model, tok, [r["prompt"] for r in rows], cfg["generation"], cfg["seed"])
-    write_jsonl(a.out, ({"id": r["id"], "prompt": r["prompt"], **{k: v for k, v in s.items() if k != "prompt_ids"}}
-                        for r, s in zip(rows, samples)))
-    rec = run_record(cfg, cfg["seed"], model=str(a.model), generation=cfg["generation"],
-                     n_samples=len(samples))
-    write_json(str(a.out) + ".run.json", rec)
-
-
 def _copy(src, dst):
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -164,7 +143,6 @@ def main(argv=None):
         ("base", cmd_base, ["data", "out"]),
         ("reward-model", cmd_reward_model, ["name", "init", "pairs", "data", "out", "card"]),
         ("train", cmd_train, ["method", "init", "data", "out"]),
-        ("generate", cmd_generate, ["model", "data", "out"]),
     ]:
         sp = sub.add_parser(name)
         sp.add_argument("--config", required=True)

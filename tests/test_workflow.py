@@ -35,7 +35,7 @@ def test_dag_outputs_exist_and_are_sane(micro_run):
     rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
     prov = json.loads((out / "tables" / "metrics.csv.run.json").read_text())
     assert prov["seed"] == 7 and prov["packages"]["torch"].startswith("2.13.0")
-    assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1", "l3m_pt0", "mm_pt0", "l3m_pt1",
+    assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1", "l3m_pt0", "l3m_pt1", "mm_pt0",
                                           "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
     for r in rows:
         bpb, npb = float(r["lm_eval:l3m_task:bits_per_byte"]), float(r["lm_eval:l3m_task:nll_per_byte"])
@@ -77,11 +77,17 @@ def test_two_reward_experiment_outputs(micro_run):
             assert r["satisfied"] == str(met) and (float(r["b1"]), float(r["b2"])) == (b1, b2)
     assert rows["mix0"]["weights"] == "1/0" and rows["mix1"]["weights"] == "0/1"
     assert rows["mm_pt0"]["method"] == "mm" and rows["cpo"]["method"] == "cpo"
-    cost = list(csv.DictReader(open(out / "benchmarks" / "cost.csv")))
-    assert len(cost) == 2
-    for r in cost:
-        assert math.isclose(float(r["sft_plus_mm_s"]), float(r["sft_s"]) + float(r["mm_s"]), rel_tol=1e-6)
-        assert float(r["l3m_s"]) > 0
+    cost = {(r["point"], r["method"]): r for r in csv.DictReader(open(out / "benchmarks" / "cost.csv"))}
+    assert sorted(cost) == [("0", "l3m"), ("0", "mm"), ("1", "l3m"), ("1", "mm")]
+
+    def wall(rule):
+        return float(list(csv.DictReader(open(out / "benchmarks" / f"{rule}.tsv"), delimiter="\t"))[-1]["s"])
+
+    for i in "01":
+        mm, l3m = cost[(i, "mm")], cost[(i, "l3m")]
+        assert mm["chain"] == f"sft+mm_pt{i}" and l3m["chain"] == f"l3m_pt{i}"
+        assert math.isclose(float(mm["wall_s"]), wall("train_sft") + wall(f"train_mm_pt{i}"), rel_tol=1e-5)
+        assert math.isclose(float(mm["wall_over_l3m"]), float(mm["wall_s"]) / float(l3m["wall_s"]), rel_tol=1e-5)
     for rm in ("rating", "coherence"):
         card = json.loads((out / "data" / f"rm_{rm}_card.json").read_text())
         assert 0 <= card["heldout_pair_accuracy"]["accuracy"] <= 1 and card["normalisation"]["std"] > 0

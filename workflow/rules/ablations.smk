@@ -49,13 +49,10 @@ rule ablation_eval:
     threads: 1
     params:
         data=parent("test"),
+        out=parent("ppl", io="output"),
     shell:
-        "(L3M_THREADS={threads} {ENV} {PY} -m methods.cli generate --config {CONFIG_FILE} --model {input.model} "
-        "--data {params.data} --out {output.samples} && "
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli perplexity --config {CONFIG_FILE} --model {input.model} "
-        "--data {params.data} --out {output.ppl} && "
-        "{ENV} {PY} -m evaluation.cli lengths --config {CONFIG_FILE} --samples {output.samples} --out {output.lengths}"
-        ") > {log} 2>&1"
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --model {input.model} "
+        "--data {params.data} --rewards '' --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
 rule ablation_table:

@@ -10,6 +10,7 @@ import yaml
 sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
+from methods.registry import variants as registry_variants  # noqa: E402
 
 
 def _yaml_typed(value):
@@ -67,26 +68,15 @@ CONDA_ENV = "../../environment.yml"
 LENGTH = CFG["experiments"]["length"]
 TWO = CFG["experiments"]["two_reward"]
 
-# Model variants: a model name -> (method, config overrides passed as --set). One L3M per length band
-# (Figure 2); per two-reward constraint point one L3M and one MM, and one mixture run per weight
-# vector (Figure 3). Plain methods (sft, dpo, cpo, ...) are trained under their own name.
-VARIANTS = {}
-if LENGTH["enabled"]:
-    for _i, _band in enumerate(LENGTH["bands"]):
-        VARIANTS[f"l3m_len{_i}"] = ("l3m", {"constraints": [{"reward": LENGTH["reward"], "band": _band}]})
-if TWO["enabled"]:
-    for _i, _pt in enumerate(TWO["points"]):
-        _cons = {"constraints": [{"reward": r, "bound": b, "direction": ">="} for r, b in zip(TWO["rewards"], _pt)]}
-        VARIANTS[f"l3m_pt{_i}"] = ("l3m", _cons)
-        if TWO["mm"]:
-            VARIANTS[f"mm_pt{_i}"] = ("mm", _cons)
-    if TWO["mixture"]:
-        for _j, _w in enumerate(CFG["mixture"]["weights"]):
-            VARIANTS[f"mix{_j}"] = ("mixture", {"mixture": {"weight": _w}})
-LENGTH_MODELS = [m for m in VARIANTS if m.startswith("l3m_len")]
-TWO_MODELS = [m for m in VARIANTS if m.startswith(("l3m_pt", "mm_pt", "mix"))] + [
-    m for m in ("dpo", "cpo") if TWO["enabled"] and TWO[m]
-]
+# The experiments' models, from the registry (methods/registry.py `variants`): per length band and per
+# two-reward constraint point one model of every "constraints" method (l3m_len<i>, l3m_pt<i>, mm_pt<i>),
+# one per weight vector of a "weights" method (mix<j>), the "single" methods (dpo, cpo) under their
+# own name. VARIANTS: those trained with overrides (a model name -> (method, overrides passed as --set)).
+EXPERIMENT = registry_variants(CFG)
+VARIANTS = {v.name: (v.method, v.overrides) for v in EXPERIMENT.values() if v.overrides is not None}
+LENGTH_MODELS = [v.name for v in EXPERIMENT.values() if v.experiment == "length"]
+TWO_MODELS = [v.name for v in EXPERIMENT.values() if v.experiment == "two_reward"]
+POINT_MODELS = [v.name for v in EXPERIMENT.values() if v.point is not None]
 MODELS = list(
     dict.fromkeys(
         CFG["evaluation"]["models"] + LENGTH_MODELS + (["base", "sft"] if TWO["enabled"] else []) + TWO_MODELS
@@ -138,6 +128,11 @@ def train_fingerprint(method, overrides=None):
 
 def model_dir(name):
     return f"{RES}/models/{name}"
+
+
+def train_benchmark(name):
+    """The Snakemake benchmark file of the job that trains model ``name`` (either train rule)."""
+    return f"{BENCH}/train_{name}.tsv"
 
 
 def pair_dir(name):

@@ -1,6 +1,5 @@
 # Per model, one job: sampling on the test prompts, task perplexity, lengths and rewards; then the
-# aggregate table. (`python -m evaluation.cli perplexity|score` and `methods.cli generate` run the
-# steps one at a time.)
+# aggregate table. (`python -m evaluation.cli generate|perplexity|score` run the steps one at a time.)
 
 
 rule evaluate:

@@ -1,5 +1,5 @@
 # Training: one rule for every method of methods/registry.py under its own name (sft, dpo, cpo, ...),
-# one for the named variants of common.smk (l3m_len<i>, l3m_pt<i>, mm_pt<i>, mix<j>), and one per
+# one for the experiments' variants (registry `variants`: l3m_len<i>, l3m_pt<i>, mm_pt<i>, mix<j>), and one per
 # reward model. A method starts from the model its registry entry names (base or sft).
 
 
@@ -14,7 +14,7 @@ rule train:
     log:
         f"{LOG}/train_{{method}}.log",
     benchmark:
-        f"{BENCH}/train_{{method}}.tsv"
+        train_benchmark("{method}")
     wildcard_constraints:
         method="|".join(METHODS),
     priority: 2  # SFT heads the longest chain (SFT -> MM, mixture, DPO, CPO -> evaluation): start it first
@@ -44,7 +44,7 @@ rule train_variant:
     log:
         f"{LOG}/train_{{variant}}.log",
     benchmark:
-        f"{BENCH}/train_{{variant}}.tsv"
+        train_benchmark("{variant}")
     wildcard_constraints:
         variant="|".join(VARIANTS) or "^$",
     conda:
