@@ -211,7 +211,11 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
     which method, and at which point, is the table's ``method`` and ``point`` columns; styles are the
     registry's."""
     sns.set_theme(style="whitegrid", context="paper")
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    checked = [k for k in ("r1", "r2") if f"{k}_check_mean" in df]
+    if checked:
+        fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    else:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1.3, 1]})
     r1, r2 = "r1_mean", "r2_mean"
     styles = _method_styles(df)
     cmap = sns.color_palette("colorblind", len(points))
@@ -254,8 +258,30 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
     bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean ± std)", title="Task perplexity per point",
            xticks=list(range(len(points))), xticklabels=[f"p{i}\n({a:g}, {b:g})" for i, (a, b) in enumerate(points)])
     bx.legend(fontsize=7)
+    if checked:
+        _check_panel(cx, df, checked, labels, styles)
     fig.tight_layout()
     return save(fig, png)
+
+
+def _check_panel(cx, df: pd.DataFrame, checked: list[str], labels: list[str], styles: dict) -> None:
+    """Is a met constraint real? Each model's mean reward (x) against its independent check signal's
+    mean (y), ± s.e.: a model on the diagonal gains on both; one far right of it gains on the reward
+    only (the reward model is being gamed). Filled markers: reward 1, hollow: reward 2."""
+    for k in checked:
+        idx = 0 if k == "r1" else 1
+        for method, sub in df.groupby("method", sort=False):
+            name, marker, color = styles[method]
+            cx.errorbar(sub[f"{k}_mean"], sub[f"{k}_check_mean"], xerr=sub[f"{k}_se"], yerr=sub[f"{k}_check_se"],
+                        fmt=marker, color=color, mfc=color if idx == 0 else "white", ms=6, ls="none",
+                        label=f"{name}: {labels[idx]}")
+    vals = pd.concat([df[f"{k}_{c}"] for k in checked for c in ("mean", "check_mean")])
+    lo, hi = vals.min() - 0.2, vals.max() + 0.2
+    cx.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1)
+    checks = ", ".join(f"{labels[0 if k == 'r1' else 1]} vs {df[f'{k}_check'].iloc[0]}" for k in checked)
+    cx.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="mean constrained reward (normalised)",
+           ylabel="mean independent check (normalised)", title=f"Is a met constraint real? ({checks})")
+    cx.legend(fontsize=6, ncol=2)
 
 
 def pareto_figure(df: pd.DataFrame, labels: list[str], png: str | Path) -> list[Path]:

@@ -79,7 +79,9 @@ def ablation_table(cfg: dict, results: str | Path, models_dir: str | Path, patte
 def two_reward_table(cfg: dict, results: str | Path, models_dir: str | Path) -> pd.DataFrame:
     """Figure 3's table: the initialisation model, SFT and every two-reward model (registry
     ``variants``): both mean rewards ± s.e., its constraint point and whether its means meet it, the
-    points its means meet, task NLL, mixture weights and whether its training ended feasible."""
+    points its means meet, task NLL, mixture weights and whether its training ended feasible; for a
+    reward with a ``check`` (an independent signal of the same quality), that signal's mean ± s.e. and
+    the gap (reward − check, both in std units of the human replies) beside it."""
     tw = cfg["experiments"]["two_reward"]
     points, (r1, r2) = tw["points"], tw["rewards"]
     models = [("base", "base", None, None), ("sft", "sft", None, None)] + [
@@ -91,8 +93,16 @@ def two_reward_table(cfg: dict, results: str | Path, models_dir: str | Path) -> 
         ppl = read_json(d / "perplexity.json")["summary"]
         feasible = [i for i, (b1, b2) in enumerate(points) if s1["mean"] >= b1 and s2["mean"] >= b2]
         b1, b2 = points[point] if point is not None else (None, None)
+        checks = {}
+        for k, r in (("r1", r1), ("r2", r2)):
+            check = cfg["rewards"][r].get("check")
+            if check:  # the independent signal of the same quality, and the gap to it
+                c = read_json(d / f"reward_{check}.json")["summary"]
+                s = s1 if k == "r1" else s2
+                checks.update({f"{k}_check": check, f"{k}_check_mean": c["mean"], f"{k}_check_se": c["se"],
+                               f"{k}_gap": s["mean"] - c["mean"]})
         rows.append({"model": model, "method": method, "point": point, "b1": b1, "b2": b2,
-                     "r1_mean": s1["mean"], "r1_se": s1["se"], "r2_mean": s2["mean"], "r2_se": s2["se"],
+                     "r1_mean": s1["mean"], "r1_se": s1["se"], "r2_mean": s2["mean"], "r2_se": s2["se"], **checks,
                      "satisfied": (point in feasible) if point is not None else None,
                      "points_satisfied": " ".join(f"p{i}" for i in feasible),
                      "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],

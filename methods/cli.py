@@ -55,27 +55,42 @@ def cmd_contrast(a):
 
 
 def cmd_reward_model(a):
+    """A reward the DAG builds: a trained reward model (type reward_model) or a shipped scorer's folder
+    (type sentiment or harmless); either way its card with the held-out pair accuracy."""
     import json
 
     from methods import reward_model
     from methods.core.distributed import init_distributed, rank
     from methods.core.io import write_json
     from methods.core.models import set_threads
+    from methods.core.rewards import SCORER_SOURCES
 
     cfg = _cfg(a.config)
+    spec = cfg["rewards"][a.name]
     set_threads(cfg["hardware"])
+    reference = str(Path(a.data) / "val.jsonl")
+    pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
+    if spec["type"] in SCORER_SOURCES:
+        rec = reward_model.build_scorer(cfg, a.name, a.pairs, reference, a.out)
+        write_json(a.card, {"reward": a.name, "pairs": pair_card, "scorer": rec["scorer"],
+                            "heldout_pair_accuracy": rec["heldout"], "agreement": rec["agreement"],
+                            "normalisation": rec["normalisation"], "wall_clock_s": rec["wall_clock_s"]})
+        print(f"scorer {a.name}: held-out accuracy {rec['heldout']['accuracy']:.3f} {rec['heldout']['ci95']}")
+        return
     init_distributed(cfg["hardware"]["device"])
-    rec = reward_model.train(cfg, a.name, a.init, a.pairs, str(Path(a.data) / "val.jsonl"), a.out)
+    rec = reward_model.train(cfg, a.name, a.init, a.pairs, reference, a.out)
     if rank() > 0:
         return
-    pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
+    backbone = "the base model" if spec["backbone"] == "base" else spec["backbone"]
     write_json(a.card, {"reward": a.name, "pairs": pair_card, "trainer": "trl.RewardTrainer (Bradley-Terry)",
-                        "backbone": "the base model + a scalar head", "steps": rec["steps"],
+                        "backbone": f"{backbone} + a scalar head", "steps": rec["steps"],
                         "heldout_pair_accuracy": rec["heldout"], "heldout_before_training": rec["heldout_before_training"],
-                        "train_subset_accuracy": rec["train_subset"], "normalisation": rec["normalisation"],
-                        "max_length": rec["max_length"], "wall_clock_s": rec.get("wall_clock_s"),
-                        "reward_model_config": cfg["reward_model"]})
-    print(f"reward model {a.name}: held-out accuracy {rec['heldout']['accuracy']:.3f}")
+                        "train_subset_accuracy": rec["train_subset"], "agreement": rec["agreement"],
+                        "normalisation": rec["normalisation"], "max_length": rec["max_length"],
+                        "wall_clock_s": rec.get("wall_clock_s"),
+                        "reward_model_config": {**cfg["reward_model"], **{k: spec.get(k) or cfg["reward_model"][k]
+                                                                             for k in ("lr", "epochs")}}})
+    print(f"reward model {a.name}: held-out accuracy {rec['heldout']['accuracy']:.3f} {rec['heldout']['ci95']}")
 
 
 def cmd_base(a):

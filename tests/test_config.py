@@ -139,7 +139,7 @@ def test_hf_sources_need_a_path():
 def test_unknown_model_and_reward_in_evaluation():
     cfg = base()
     cfg["evaluation"]["models"] = ["base", "sfft"]
-    cfg["evaluation"]["rewards"] = ["harmless"]
+    cfg["evaluation"]["rewards"] = ["toxicity"]
     msg = errors_of(cfg)
     assert "config.evaluation.models[1]" in msg and "config.evaluation.rewards[0]" in msg
 

