@@ -85,6 +85,25 @@ METHODS: dict[str, Method] = {
     ]
 }
 
+
+def register(method: Method) -> Method:
+    """Add a method from outside the package: a module named in the environment variable
+    ``L3M_BENCH_METHODS`` (comma-separated module names, imported when this registry is) calls this
+    with its entry. Every process of a run (Snakemake, its jobs) inherits the variable, so the DAG,
+    the CLI and the evaluation see the same registry."""
+    if method.name in METHODS and METHODS[method.name] != method:
+        raise ValueError(f"method {method.name!r} is registered twice ({METHODS[method.name].module}, {method.module})")
+    METHODS[method.name] = method
+    return method
+
+
+def _load_plugins() -> None:
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("L3M_BENCH_METHODS", "").split(","))):
+        importlib.import_module(module)
+
+
 # The initialisation model is no method, but tables and figures show it beside them.
 BASE_STYLE = ("init (base)", "X", "0.5")
 
@@ -148,3 +167,5 @@ def variants(cfg: dict) -> dict[str, Variant]:
                 raise ValueError(f"method {m.name}: unknown grid {m.grid!r} (constraints, weights, single or None)")
     return out
 
+
+_load_plugins()

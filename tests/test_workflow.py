@@ -13,8 +13,12 @@ from .conftest import REPO
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
+# every run of the micro DAG here registers one more method from a test module (tests/extra_method.py)
+EXTRA = {"L3M_BENCH_METHODS": "tests.extra_method"}
+
+
 def run(args, cwd, **kw):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **EXTRA)
     return subprocess.run(SNAKEMAKE + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
 
 
@@ -29,14 +33,14 @@ def micro_run(tmp_path_factory):
 def test_dag_outputs_exist_and_are_sane(micro_run):
     out = micro_run / "results" / "micro"
     for fig in ("fig1_barrier", "metrics", "fig2_length", "curves/l3m_len0", "curves/l3m_len1", "fig3_two_reward",
-                "pareto", "curves/l3m_pt0", "curves/mm_pt1"):
+                "pareto", "curves/l3m_pt0", "curves/mm_pt1", "curves/mm2_pt1"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 5000
     rows = list(csv.DictReader(open(out / "tables" / "metrics.csv")))
     prov = json.loads((out / "tables" / "metrics.csv.run.json").read_text())
     assert prov["seed"] == 7 and prov["packages"]["torch"].startswith("2.13.0")
     assert [r["model"] for r in rows] == ["base", "sft", "l3m_len0", "l3m_len1", "l3m_pt0", "l3m_pt1", "mm_pt0",
-                                          "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
+                                          "mm_pt1", "mix0", "mix1", "dpo", "cpo", "mm2_pt0", "mm2_pt1"]
     for r in rows:
         bpb, npb = float(r["lm_eval:l3m_task:bits_per_byte"]), float(r["lm_eval:l3m_task:nll_per_byte"])
         assert 0 < bpb < 20 and math.isclose(bpb, npb / math.log(2), rel_tol=1e-5)  # CSV keeps 6 digits
@@ -67,7 +71,8 @@ def test_two_reward_experiment_outputs(micro_run):
     numbers; the cost table from the benchmark files; a card per reward model."""
     out = micro_run / "results" / "micro"
     rows = {r["model"]: r for r in csv.DictReader(open(out / "tables" / "two_reward.csv"))}
-    assert list(rows) == ["base", "sft", "l3m_pt0", "l3m_pt1", "mm_pt0", "mm_pt1", "mix0", "mix1", "dpo", "cpo"]
+    assert list(rows) == ["base", "sft", "l3m_pt0", "l3m_pt1", "mm_pt0", "mm_pt1", "mix0", "mix1", "dpo", "cpo",
+                          "mm2_pt0", "mm2_pt1"]  # mm2: the test-only method of tests/extra_method.py
     points = [[0.0, 0.0], [-0.5, 0.5]]
     for name, r in rows.items():
         assert all(math.isfinite(float(r[k])) for k in ("r1_mean", "r1_se", "r2_mean", "r2_se", "nll_mean"))
@@ -78,7 +83,11 @@ def test_two_reward_experiment_outputs(micro_run):
     assert rows["mix0"]["weights"] == "1/0" and rows["mix1"]["weights"] == "0/1"
     assert rows["mm_pt0"]["method"] == "mm" and rows["cpo"]["method"] == "cpo"
     cost = {(r["point"], r["method"]): r for r in csv.DictReader(open(out / "benchmarks" / "cost.csv"))}
-    assert sorted(cost) == [("0", "l3m"), ("0", "mm"), ("1", "l3m"), ("1", "mm")]
+    assert sorted(cost) == [("0", "l3m"), ("0", "mm"), ("0", "mm2"), ("1", "l3m"), ("1", "mm"), ("1", "mm2")]
+    assert rows["mm2_pt1"]["method"] == "mm2" and rows["mm2_pt1"]["point"] == "1"
+    assert cost[("1", "mm2")]["chain"] == "sft+mm2_pt1"
+    assert json.loads((micro_run / "resources" / "micro" / "models" / "mm2_pt0" / "l3m_run.json").read_text())[
+        "steps"] == 3
 
     def wall(rule):
         return float(list(csv.DictReader(open(out / "benchmarks" / f"{rule}.tsv"), delimiter="\t"))[-1]["s"])
