@@ -71,6 +71,8 @@ def cmd_reward_model(a):
     reference = str(Path(a.data) / "val.jsonl")
     pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
     if spec["type"] in SCORER_SOURCES:
+        if int(os.environ.get("RANK", "0")) > 0:  # under `accelerate launch` one process writes the folder
+            return
         rec = reward_model.build_scorer(cfg, a.name, a.pairs, reference, a.out)
         write_json(a.card, {"reward": a.name, "pairs": pair_card, "scorer": rec["scorer"],
                             "heldout_pair_accuracy": rec["heldout"], "agreement": rec["agreement"],

