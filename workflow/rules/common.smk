@@ -86,7 +86,7 @@ MODELS = list(
     )
 )
 REWARDS = CFG["evaluation"]["rewards"]
-# rewards whose folder the DAG builds (rule reward_model): trained reward models and the shipped
+# rewards whose folder the DAG builds (the reward_model rule), trained reward models and the shipped
 # scorers' normalisation
 RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] in FOLDER_TYPES]
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
