@@ -268,20 +268,24 @@ def _check_panel(cx, df: pd.DataFrame, checked: list[str], labels: list[str], st
     """Is a met constraint real? Each model's mean reward (x) against its independent check signal's
     mean (y), ± s.e.: a model on the diagonal gains on both; one far right of it gains on the reward
     only (the reward model is being gamed). Filled markers: reward 1, hollow: reward 2."""
+    from matplotlib.lines import Line2D
+
     for k in checked:
         idx = 0 if k == "r1" else 1
         for method, sub in df.groupby("method", sort=False):
-            name, marker, color = styles[method]
+            _, marker, color = styles[method]
             cx.errorbar(sub[f"{k}_mean"], sub[f"{k}_check_mean"], xerr=sub[f"{k}_se"], yerr=sub[f"{k}_check_se"],
-                        fmt=marker, color=color, mfc=color if idx == 0 else "white", ms=6, ls="none",
-                        label=f"{name}: {labels[idx]}")
+                        fmt=marker, color=color, mfc=color if idx == 0 else "white", ms=6, ls="none")
     vals = pd.concat([df[f"{k}_{c}"] for k in checked for c in ("mean", "check_mean")])
     lo, hi = vals.min() - 0.2, vals.max() + 0.2
     cx.plot([lo, hi], [lo, hi], ls="--", color="grey", lw=1)
-    checks = ", ".join(f"{labels[0 if k == 'r1' else 1]} vs {df[f'{k}_check'].iloc[0]}" for k in checked)
+    handles = [Line2D([], [], marker="o", color="0.3", mfc="0.3" if k == "r1" else "white", ls="none",
+                      label=f"{'filled' if k == 'r1' else 'hollow'}: {labels[0 if k == 'r1' else 1]} "
+                            f"vs {df[f'{k}_check'].iloc[0]}") for k in checked]
+    handles += [Line2D([], [], marker=m, color=c, ls="none", label=n) for n, m, c in styles.values()]
     cx.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="mean constrained reward (normalised)",
-           ylabel="mean independent check (normalised)", title=f"Is a met constraint real? ({checks})")
-    cx.legend(fontsize=6, ncol=2)
+           ylabel="mean independent check (normalised)", title="Is a met constraint real?")
+    cx.legend(handles=handles, fontsize=6, loc="lower right")
 
 
 def pareto_figure(df: pd.DataFrame, labels: list[str], png: str | Path) -> list[Path]:
