@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evaluation.lengths import length_stats
@@ -116,9 +117,9 @@ def cost_table(cfg: dict, bench: dict[str, str | Path]) -> pd.DataFrame:
     the model's whole training chain (its own job plus the jobs of the models it starts from: MM's
     chain is SFT then MM, L3M's is L3M alone), from the training jobs' Snakemake benchmark files
     (``bench``: model -> file), and each chain's ratio to the first constrained method's (L3M's)."""
-    def seconds(model):
+    def seconds(model):  # (wall-clock, CPU) of the model's training job: its benchmark file's last row
         t = pd.read_csv(bench[model], sep="\t")
-        return float(t["s"].iloc[-1]), float(t["cpu_time"].iloc[-1])
+        return np.array([t["s"].iloc[-1], t["cpu_time"].iloc[-1]], dtype=float)
 
     def chain(v):
         models, m = [v.name], METHODS[v.method]
@@ -136,7 +137,7 @@ def cost_table(cfg: dict, bench: dict[str, str | Path]) -> pd.DataFrame:
         ref = None
         for v in vs:
             models = chain(v)
-            wall, cpu = (sum(seconds(m)[k] for m in models) for k in (0, 1))
+            wall, cpu = (float(x) for x in sum(seconds(m) for m in models))
             ref = ref or (v.method, wall, cpu)
             rows.append({"point": point, "method": v.method, "model": v.name, "chain": "+".join(models),
                          "wall_s": wall, "cpu_s": cpu, f"wall_over_{ref[0]}": wall / ref[1],

@@ -63,14 +63,14 @@ def cmd_reward_model(a):
     from methods.core.distributed import init_distributed, rank
     from methods.core.io import write_json
     from methods.core.models import set_threads
-    from methods.core.rewards import SCORER_SOURCES
+    from methods.core.rewards import SCORERS
 
     cfg = _cfg(a.config)
     spec = cfg["rewards"][a.name]
     set_threads(cfg["hardware"])
     reference = str(Path(a.data) / "val.jsonl")
     pair_card = json.loads((Path(a.pairs) / "data_card.json").read_text())
-    if spec["type"] in SCORER_SOURCES:
+    if spec["type"] in SCORERS:
         if int(os.environ.get("RANK", "0")) > 0:  # under `accelerate launch` one process writes the folder
             return
         rec = reward_model.build_scorer(cfg, a.name, a.pairs, reference, a.out)

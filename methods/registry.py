@@ -141,13 +141,15 @@ def variants(cfg: dict) -> dict[str, Variant]:
     experiment's (per band), then the two-reward one's, method by method in registry order."""
     out: dict[str, Variant] = {}
     length, two = cfg["experiments"]["length"], cfg["experiments"]["two_reward"]
+    def add(v: Variant) -> None:
+        out[v.name] = v
+
     if length["enabled"]:
         for m in METHODS.values():
             if m.grid == "constraints" and m.lengths:
                 for i, band in enumerate(length["bands"]):
                     cons = {"constraints": [{"reward": length["reward"], "band": band}]}
-                    out[f"{m.prefix or m.name}_len{i}"] = Variant(f"{m.prefix or m.name}_len{i}", m.name, "length",
-                                                                 cons, band=band)
+                    add(Variant(f"{m.prefix or m.name}_len{i}", m.name, "length", cons, band=band))
     if two["enabled"]:
         for m in METHODS.values():
             if m.grid is None or not two.get(m.name, True):
@@ -157,12 +159,12 @@ def variants(cfg: dict) -> dict[str, Variant]:
                 for i, pt in enumerate(two["points"]):
                     cons = {"constraints": [{"reward": r, "bound": b, "direction": ">="}
                                             for r, b in zip(two["rewards"], pt)]}
-                    out[f"{pre}_pt{i}"] = Variant(f"{pre}_pt{i}", m.name, "two_reward", cons, point=i)
+                    add(Variant(f"{pre}_pt{i}", m.name, "two_reward", cons, point=i))
             elif m.grid == "weights":
                 for j, w in enumerate(cfg[m.name]["weights"]):
-                    out[f"{pre}{j}"] = Variant(f"{pre}{j}", m.name, "two_reward", {m.name: {"weight": w}}, weights=w)
+                    add(Variant(f"{pre}{j}", m.name, "two_reward", {m.name: {"weight": w}}, weights=w))
             elif m.grid == "single":
-                out[m.name] = Variant(m.name, m.name, "two_reward")
+                add(Variant(m.name, m.name, "two_reward"))
             else:
                 raise ValueError(f"method {m.name}: unknown grid {m.grid!r} (constraints, weights, single or None)")
     return out

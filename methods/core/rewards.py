@@ -114,6 +114,12 @@ def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def read_norm(path: Path) -> tuple[float, float]:
+    """The (mean, std) a reward is z-scored with, from its folder's ``reward_norm.json``."""
+    stats = json.loads(Path(path).read_text())
+    return float(stats["mean"]), float(stats["std"]) or 1.0
+
+
 class HFClassifierReward(Reward):
     """A sequence-classification reward model (trained here by TRL's RewardTrainer, or a hub id);
     logit 0 is the score, inputs built by ``rm_encode`` and truncated to the model's context."""
@@ -141,8 +147,7 @@ class HFClassifierReward(Reward):
         norm = p / "reward_norm.json"
         self.normalized = bool(normalize and norm.exists())
         if self.normalized:
-            stats = json.loads(norm.read_text())
-            self.mean, self.std = float(stats["mean"]), float(stats["std"]) or 1.0
+            self.mean, self.std = read_norm(norm)
             self.unit = "std units of the reference set"
 
     def score(self, prompts, responses, response_ids=None):
@@ -168,8 +173,7 @@ class ScorerReward(Reward):
             if not norm.exists():
                 raise FileNotFoundError(f"reward {name!r}: {norm} is missing; rerun the rule that builds it "
                                         f"(reward_scorer), or set rewards.{name}.normalize: false")
-            stats = json.loads(norm.read_text())
-            self.mean, self.std = float(stats["mean"]), float(stats["std"]) or 1.0
+            self.mean, self.std = read_norm(norm)
             self.unit = "std units of the reference set"
 
     def raw(self, responses: list[str]) -> torch.Tensor:
