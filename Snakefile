@@ -7,6 +7,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/tune.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -21,6 +22,8 @@ localrules:
     all,
     ablations,
     ablation_table,
+    tune,
+    tune_table,
     task_data,
     preference_data,
     contrast_data,
@@ -30,6 +33,7 @@ localrules:
     figure2,
     training_curves,
     two_reward,
+    comparisons,
     cost_table,
 
 
@@ -42,12 +46,14 @@ rule all:
         f"{OUT}/data/preferences_card.json",
         expand(f"{FIG}/{{fig}}.{{ext}}", fig=["fig2_length"] if LENGTH_MODELS else [], ext=["png", "pdf"]),
         expand(
-            f"{FIG}/curves/{{model}}.png",
+            f"{OUT}/seed{{seed}}/figures/curves/{{model}}.png",
+            seed=SEEDS,
             model=LENGTH_MODELS + POINT_MODELS,
         ),
+        expand(f"{FIG}/comparisons.{{ext}}", ext=["png", "pdf"] if POINT_MODELS or LENGTH_MODELS else []),
         expand(
             f"{OUT}/data/{{card}}_card.json",
-            card=(["contrast"] if "contrast" in PAIR_SETS else []) + [f"rm_{r}" for r in RM_REWARDS],
+            card=(["contrast"] if "contrast" in PAIR_SETS else []) + [f"rm_{r}" for r in USED_RM_REWARDS],
         ),
         expand(
             f"{FIG}/{{fig}}.{{ext}}", fig=["fig3_two_reward", "pareto"] if TWO["enabled"] else [], ext=["png", "pdf"]

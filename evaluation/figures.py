@@ -52,18 +52,28 @@ def figure1_barrier(mus: list[float], png: str | Path) -> list[Path]:
     return save(fig, png)
 
 
+def err(df: pd.DataFrame, name: str) -> np.ndarray:
+    """Asymmetric error bars (2, n) from the table's ``<name>_mean``, ``_lo`` and ``_hi`` (95% interval)."""
+    m = df[f"{name}_mean"].to_numpy(float)
+    return np.vstack([m - df[f"{name}_lo"].to_numpy(float), df[f"{name}_hi"].to_numpy(float) - m])
+
+
 def metrics_figure(table: pd.DataFrame, lengths: dict[str, list[int]], png: str | Path,
                    max_new_tokens: int | None = None) -> list[Path]:
-    """Per-model metrics: task NLL mean +- std, response-length box plots, and the numbers as a table."""
+    """Per-model metrics: task NLL with its 95% interval (pooled over seeds and prompts; the
+    per-example spread is the table's nll_spread_sd), response-length box plots over every seed's
+    samples, and the numbers as a table."""
     sns.set_theme(style="whitegrid", context="paper")
     models = list(table["model"])
     fig = plt.figure(figsize=(10, 3.2 + 0.3 * len(models)))
     gs = fig.add_gridspec(2, 2, height_ratios=[3, 0.4 + 0.3 * len(models)])
     ax1, ax2, ax3 = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
     pal = dict(zip(models, sns.color_palette("deep", len(models))))
-    ax1.bar(models, table["nll_mean"], yerr=table["nll_std"], color=[pal[m] for m in models], capsize=4)
-    ax1.set_ylabel("task NLL (nats/token), mean ± std")
-    ax1.set_title("Task perplexity (log scale)")
+    ax1.errorbar(range(len(models)), table["nll_mean"], yerr=err(table, "nll"), fmt="none", ecolor="black", capsize=4)
+    ax1.scatter(range(len(models)), table["nll_mean"], c=[pal[m] for m in models], s=40, zorder=3)
+    ax1.set_xticks(range(len(models)), models, rotation=30, fontsize=7)
+    ax1.set_ylabel("task NLL (nats/token), mean and 95% interval")
+    ax1.set_title(f"Task NLL ({int(table['n_seeds'].iloc[0])} seed(s) x test prompts)")
     ld = pd.DataFrame([(m, n) for m in models for n in lengths.get(m, [])], columns=["model", "tokens"])
     sns.boxplot(data=ld, x="model", y="tokens", hue="model", palette=pal, notch=True, showmeans=True, ax=ax2,
                 meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black"}, legend=False)
@@ -90,18 +100,19 @@ def _fmt(v) -> str:
 
 
 def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | Path) -> list[Path]:
-    """Figure 2 of the paper. Left: mean response length vs task NLL (mean +- std) per model.
-    Right: notched box plots of lengths (notch: median 95% CI, box: quartiles, whiskers: 1.5 IQR,
-    white circles: means), each L3M's band as dashed lines."""
+    """Figure 2 of the paper. Left: mean response length vs task NLL per model, both with their 95%
+    intervals over seeds and prompts, labelled with the verdict on the band. Right: notched box plots
+    of every seed's lengths (notch: median 95% CI, box: quartiles, whiskers: 1.5 IQR, white circles:
+    means), each L3M's band as dashed lines."""
     sns.set_theme(style="whitegrid", context="paper")
     models = list(df["model"])
     pal = dict(zip(models, ["#555555"] + sns.color_palette("viridis", len(models) - 1)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
-    for _, r in df.iterrows():
-        ax1.errorbar(r["len_mean"], r["nll_mean"], yerr=r["nll_std"], fmt="o", color=pal[r["model"]], capsize=4,
-                     markersize=7, label=_label(r))
-    ax1.set_xlabel("mean response length (tokens)")
-    ax1.set_ylabel("task NLL (nats/token), mean ± std")
+    for i, r in df.iterrows():
+        ax1.errorbar(r["len_mean"], r["nll_mean"], xerr=err(df.loc[[i]], "len"), yerr=err(df.loc[[i]], "nll"), fmt="o",
+                     color=pal[r["model"]], capsize=4, markersize=7, label=_label(r))
+    ax1.set_xlabel("mean response length (tokens), 95% interval")
+    ax1.set_ylabel("task NLL (nats/token), mean and 95% interval")
     ax1.set_title("Task perplexity vs response length")
     ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     ld = pd.DataFrame([(m, n) for m in models for n in lengths[m]], columns=["model", "tokens"])
@@ -122,7 +133,8 @@ def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | P
 def _label(r) -> str:
     if pd.isna(r["band_lo"]):
         return str(r["model"])
-    return f"{r['model']} [{r['band_lo']:g}, {r['band_hi']:g}]"
+    verdict = f": {r['verdict']}" if isinstance(r.get("verdict"), str) else ""
+    return f"{r['model']} [{r['band_lo']:g}, {r['band_hi']:g}]{verdict}"
 
 
 def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[Path]:
@@ -169,18 +181,22 @@ def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[P
 
 
 def ablation_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
-    """Per ablation setting: share of test responses inside the band, and task NLL mean +- std."""
+    """Per ablation setting: share of test responses inside the band (the verdict on the band's mean
+    above each bar), and task NLL with its 95% interval over seeds and prompts."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     pal = sns.color_palette("deep", len(df))
     ax1.bar(df["setting"], df["frac_in_band"], color=pal)
     for i, (_, r) in enumerate(df.iterrows()):
-        ax1.text(i, r["frac_in_band"] + 0.01, f"mean {r['len_mean']:.1f}", ha="center", fontsize=7)
+        ax1.text(i, r["frac_in_band"] + 0.01, f"mean {r['len_mean']:.1f}\n{r.get('verdict', '')}", ha="center",
+                 fontsize=7)
     ax1.set_ylim(0, 1)
     ax1.set_ylabel("share of test responses in band")
     ax1.set_title(f"constraint satisfaction, band [{df['band_lo'].iloc[0]:g}, {df['band_hi'].iloc[0]:g}]")
-    ax2.bar(df["setting"], df["nll_mean"], yerr=df["nll_std"], color=pal, capsize=4)
-    ax2.set_ylabel("task NLL (nats/token), mean ± std")
+    ax2.errorbar(range(len(df)), df["nll_mean"], yerr=err(df, "nll"), fmt="none", ecolor="black", capsize=4)
+    ax2.scatter(range(len(df)), df["nll_mean"], c=pal, s=40, zorder=3)
+    ax2.set_xticks(range(len(df)), df["setting"])
+    ax2.set_ylabel("task NLL (nats/token), mean and 95% interval")
     ax2.set_title("task perplexity")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30)
@@ -207,7 +223,8 @@ def _grid(method: str) -> str | None:
 def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[str], png: str | Path) -> list[Path]:
     """Figure 3 of the paper. Left: mean reward 1 vs mean reward 2 per model, each constraint point,
     dotted lines from every constrained model to its point, the feasible quadrant of point ``shade``
-    shaded. Right: task NLL mean ± std of every constrained method per constraint point. Which model is
+    shaded; error bars: 95% intervals over seeds and prompts. Middle: task NLL with its 95% interval of
+    every constrained method per constraint point, labelled with the verdict. Which model is
     which method, and at which point, is the table's ``method`` and ``point`` columns; styles are the
     registry's."""
     sns.set_theme(style="whitegrid", context="paper")
@@ -228,14 +245,15 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
         ax.scatter([b1], [b2], marker="+", s=160, color=cmap[i], lw=2, zorder=4)
         ax.annotate(f"p{i}", (b1, b2), textcoords="offset points", xytext=(5, 5), fontsize=8, color=cmap[i])
     seen = set()
-    for _, r in df.iterrows():
+    for j, r in df.iterrows():
         kind = r["method"]
         name, marker, color = styles[kind]
         constrained = pd.notna(r.get("point"))
         if constrained:
             i = int(r["point"])
             ax.plot([r[r1], points[i][0]], [r[r2], points[i][1]], ls=":", color=cmap[i], lw=1)
-        ax.errorbar(r[r1], r[r2], xerr=r["r1_se"], yerr=r["r2_se"], fmt=marker, color=color, ms=8 if kind != "sft" else 12,
+        ax.errorbar(r[r1], r[r2], xerr=err(df.loc[[j]], "r1"), yerr=err(df.loc[[j]], "r2"), fmt=marker, color=color,
+                    ms=8 if kind != "sft" else 12,
                     mec="white" if constrained else color, label=None if kind in seen else name, zorder=5)
         seen.add(kind)
     for method in [m for m in styles if _grid(m) == "weights"]:
@@ -249,13 +267,17 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
     for method, dx in zip(per_point, offsets):
         sub = df[(df["method"] == method) & df["point"].notna()].sort_values("point")
         name, marker, color = styles[method]
-        bx.errorbar(sub["point"].astype(float) + dx, sub["nll_mean"], yerr=sub["nll_std"], fmt=marker, color=color,
+        bx.errorbar(sub["point"].astype(float) + dx, sub["nll_mean"], yerr=err(sub, "nll"), fmt=marker, color=color,
                     capsize=3, label=name)
+        for _, r in sub.iterrows():
+            bx.annotate(str(r.get("verdict", ""))[:4], (float(r["point"]) + dx, r["nll_hi"]), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=6, color=color)
     for kind in ("sft", "base"):
         row = df[df["model"] == kind]
         if len(row):
             bx.axhline(row["nll_mean"].iloc[0], ls="--", color=style(kind)[2], lw=1, label=f"{style(kind)[0]} (mean)")
-    bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean ± std)", title="Task perplexity per point",
+    bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean, 95% interval)",
+           title="Task NLL per point (label: verdict)",
            xticks=list(range(len(points))), xticklabels=[f"p{i}\n({a:g}, {b:g})" for i, (a, b) in enumerate(points)])
     bx.legend(fontsize=7)
     if checked:
@@ -266,7 +288,7 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
 
 def _check_panel(cx, df: pd.DataFrame, checked: list[str], labels: list[str], styles: dict) -> None:
     """Is a met constraint real? Each model's mean reward (x) against its independent check signal's
-    mean (y), ± s.e.: a model on the diagonal gains on both; one far right of it gains on the reward
+    mean (y), with 95% intervals: a model on the diagonal gains on both; one far right of it gains on the reward
     only (the reward model is being gamed). Filled markers: reward 1, hollow: reward 2."""
     from matplotlib.lines import Line2D
 
@@ -274,7 +296,7 @@ def _check_panel(cx, df: pd.DataFrame, checked: list[str], labels: list[str], st
         idx = 0 if k == "r1" else 1
         for method, sub in df.groupby("method", sort=False):
             _, marker, color = styles[method]
-            cx.errorbar(sub[f"{k}_mean"], sub[f"{k}_check_mean"], xerr=sub[f"{k}_se"], yerr=sub[f"{k}_check_se"],
+            cx.errorbar(sub[f"{k}_mean"], sub[f"{k}_check_mean"], xerr=err(sub, k), yerr=err(sub, f"{k}_check"),
                         fmt=marker, color=color, mfc=color if idx == 0 else "white", ms=6, ls="none")
     vals = pd.concat([df[f"{k}_{c}"] for k in checked for c in ("mean", "check_mean")])
     lo, hi = vals.min() - 0.2, vals.max() + 0.2
@@ -306,10 +328,34 @@ def pareto_figure(df: pd.DataFrame, labels: list[str], png: str | Path) -> list[
         if method == "base":
             continue
         sub = df[df["method"] == method]
-        ax.errorbar(sub["r1_mean"], sub["r2_mean"], xerr=sub["r1_se"], yerr=sub["r2_se"], fmt=marker, color=color,
+        ax.errorbar(sub["r1_mean"], sub["r2_mean"], xerr=err(sub, "r1"), yerr=err(sub, "r2"), fmt=marker, color=color,
                     ms=7, label=name, ls="none")
     ax.set(xlabel=f"mean {labels[0]} (normalised)", ylabel=f"mean {labels[1]} (normalised)",
            title="Mixture-of-rewards grid vs the constrained models")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, png)
+
+
+def comparisons_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
+    """The paired comparisons as forest plots, one panel per metric: L3M minus the other model at each
+    constraint point or band, with its paired 95% interval over seeds and prompts (0: no difference)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    metrics = list(dict.fromkeys(df["metric"])) if len(df) else ["(none)"]
+    rows = max(1, len(df) // len(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 1.2 + 0.28 * rows), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = df[df["metric"] == metric].reset_index(drop=True) if len(df) else df
+        y = np.arange(len(sub))[::-1]
+        colors = ["tab:red" if e else "0.4" for e in sub.get("excludes_0", [])]
+        if len(sub):
+            ax.hlines(y, sub["lo"], sub["hi"], colors=colors, lw=1.2)
+            ax.scatter(sub["delta"], y, c=colors, s=14, zorder=3)
+            ax.set_yticks(y, [f"{w}: {o}" for w, o in zip(sub["where"], sub["other"])], fontsize=6)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(metric, fontsize=8)
+        ax.tick_params(axis="x", labelsize=6)
+    fig.suptitle("L3M minus other (paired 95% interval over seeds and prompts; red: excludes 0)", fontsize=9)
     fig.tight_layout()
     return save(fig, png)

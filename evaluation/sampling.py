@@ -10,10 +10,10 @@ from methods.core.models import load_model
 from methods.core.record import run_record
 
 
-def sample_test_prompts(cfg: dict, model_dir, data_dir, out) -> list[dict]:
+def sample_test_prompts(cfg: dict, model_dir, data_dir, out, split: str = "test") -> list[dict]:
     """Write ``out`` (JSONL: id, prompt, response, its token ids and length, finished) and
-    ``out.run.json`` (its provenance); return the samples."""
-    rows = read_jsonl(Path(data_dir) / "test.jsonl")
+    ``out.run.json`` (its provenance); return the samples. ``split``: val for the tuning sweep."""
+    rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
     n = cfg["generation"]["n_prompts"]
     rows = rows[:n] if n else rows
     model, tok = load_model(model_dir, device=cfg["hardware"]["device"])
@@ -21,5 +21,5 @@ def sample_test_prompts(cfg: dict, model_dir, data_dir, out) -> list[dict]:
                for r, s in zip(rows, sample(model, tok, [r["prompt"] for r in rows], cfg["generation"], cfg["seed"]))]
     write_jsonl(out, samples)
     write_json(str(out) + ".run.json", run_record(cfg, cfg["seed"], model=str(model_dir), generation=cfg["generation"],
-                                                  n_samples=len(samples)))
+                                                  n_samples=len(samples), split=split))
     return samples

@@ -1,6 +1,11 @@
-"""The tables, built from the per-(model, metric) JSONs: the aggregate (one row per model, one column
-per metric), Figure 2's length table, the ablation table, Figure 3's two-reward table and the cost
-table. Which models a table holds, and their band, point or weights, come from the registry."""
+"""The tables, built from the per-(seed, model, metric) JSONs: the aggregate (one row per model, one
+column per metric), Figure 2's length table, the ablation table, Figure 3's two-reward table, the
+paired comparisons and the cost table. Which models a table holds, and their band, point or weights,
+come from the registry.
+
+Each table exists twice: ``*_per_seed.csv``, one row per model and seed (the functions without
+``_seeds``), and the table itself, one row per model pooled over the seeds with 95% intervals and
+verdicts (evaluation/stats.py says which interval)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +13,58 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation import stats
 from evaluation.lengths import length_stats
 from methods.core.io import read_json, read_jsonl
-from methods.registry import METHODS, variants
+from methods.registry import METHODS, budget_of, chain, get, sft_sequences, variants
+
+
+def seed_results(results: str | Path, seed: int) -> Path:
+    """One seed's results folder (samples/, metrics/) under results/<name>/."""
+    return Path(results) / f"seed{seed}"
+
+
+def seed_models(models_root: str | Path, model: str, seed: int) -> Path:
+    """A model's folder under resources/<name>/ (the DAG's model_dir): shared models (the base model,
+    reward models) in models/, the trained ones in seed<s>/models/."""
+    shared = model == "base" or model.startswith("rm_")
+    return Path(models_root) / ("models" if shared else f"seed{seed}/models") / model
+
+
+def grid(results: str | Path, seeds: list[int], model: str, metric: str) -> np.ndarray:
+    """The (seeds, prompts) grid of one model's per-example values: ``nll`` (task NLL of the reference
+    response), ``length`` (sampled tokens) or a reward name; the prompts in test order, the same for
+    every seed."""
+    rows, ids = [], None
+    for s in seeds:
+        d = seed_results(results, s) / "metrics" / model
+        if metric == "nll":  # per example by id: aligned on the first seed's order
+            per = read_json(d / "perplexity.json")["per_example"]
+            ids = ids or list(per)
+            if set(per) != set(ids):
+                raise ValueError(f"{model} nll: seed {s} scored other prompts than seed {seeds[0]}")
+            rows.append([per[i] for i in ids])
+        elif metric == "length":
+            rows.append(read_json(d / "lengths.json")["per_example"])
+        else:
+            rows.append(read_json(d / f"reward_{metric}.json")["per_example"])
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"{model} {metric}: the seeds {seeds} scored different numbers of prompts")
+    return np.asarray(rows, dtype=float)
+
+
+def _per_seed(build, seeds: list[int]) -> pd.DataFrame:
+    """One seed's table per seed, stacked, with the seed as the second column."""
+    parts = []
+    for s in seeds:
+        df = build(s)
+        df.insert(1, "seed", s)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_interval(row: dict, name: str, g: np.ndarray) -> None:
+    row[f"{name}_mean"], row[f"{name}_lo"], row[f"{name}_hi"] = stats.interval(g)
 
 
 def aggregate(metrics_dir: str | Path, models: list[str], rewards: list[str]) -> pd.DataFrame:
@@ -28,8 +82,10 @@ def aggregate(metrics_dir: str | Path, models: list[str], rewards: list[str]) ->
         if (d / "lm_eval.json").exists():  # lm-eval: every numeric metric of every task, as lm_eval:<task>:<metric>
             for task, res in read_json(d / "lm_eval.json")["results"].items():
                 for k, v in res.items():
-                    if isinstance(v, (int, float)) and "stderr" not in k and k != "sample_len":
+                    if isinstance(v, (int, float)) and k != "sample_len":  # with lm-eval's stderrs
                         row[f"lm_eval:{task}:{k.split(',')[0]}"] = v
+                    elif "stderr" in k and v == "N/A":  # lm-eval gives no stderr for corpus-level metrics
+                        row[f"lm_eval:{task}:{k.split(',')[0]}"] = None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -48,21 +104,6 @@ def _run_json(model_dir: Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def length_table(cfg: dict, results: str | Path, models_dir: str | Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:
-    """Figure 2's table: SFT and every length-experiment model (registry ``variants``) with its band,
-    length statistics, task NLL and whether its training ended feasible; and each model's sampled lengths."""
-    results = Path(results)
-    models = [("sft", None)] + [(v.name, v.band) for v in variants(cfg).values() if v.experiment == "length"]
-    rows, lengths = [], {}
-    for model, band in models:
-        samples = read_jsonl(results / "samples" / f"{model}.jsonl")
-        ppl = read_json(results / "metrics" / model / "perplexity.json")["summary"]
-        lengths[model] = [s["n_tokens"] for s in samples]
-        rows.append({"model": model, **length_row(samples, ppl, band),
-                     "train_feasible": _run_json(Path(models_dir) / model).get("feasible")})
-    return pd.DataFrame(rows), lengths
-
-
 def ablation_table(cfg: dict, results: str | Path, models_dir: str | Path, patterns: list[str],
                    names: list[str]) -> pd.DataFrame:
     """One row per ablation setting (its Paramspace path ``params``): length statistics on the
@@ -77,12 +118,13 @@ def ablation_table(cfg: dict, results: str | Path, models_dir: str | Path, patte
     return pd.DataFrame(rows)
 
 
-def two_reward_table(cfg: dict, results: str | Path, models_dir: str | Path) -> pd.DataFrame:
-    """Figure 3's table: the initialisation model, SFT and every two-reward model (registry
-    ``variants``): both mean rewards ± s.e., its constraint point and whether its means meet it, the
-    points its means meet, task NLL, mixture weights and whether its training ended feasible; for a
-    reward with a ``check`` (an independent signal of the same quality), that signal's mean ± s.e. and
-    the gap (reward − check, both in std units of the human replies) beside it."""
+def two_reward_table(cfg: dict, results: str | Path, models_root: str | Path, seed: int) -> pd.DataFrame:
+    """Figure 3's table for one seed (``results``: that seed's folder): the initialisation model, SFT
+    and every two-reward model (registry ``variants``): both mean rewards ± s.e. over the prompts, its
+    constraint point, task NLL, mixture weights and whether its training ended feasible; for a reward
+    with a ``check`` (an independent signal of the same quality), that signal's mean ± s.e. and the gap
+    (reward − check, both in std units of the human replies). Verdicts are made over the seeds
+    (``two_reward_table_seeds``), not here."""
     tw = cfg["experiments"]["two_reward"]
     points, (r1, r2) = tw["points"], tw["rewards"]
     models = [("base", "base", None, None), ("sft", "sft", None, None)] + [
@@ -92,7 +134,6 @@ def two_reward_table(cfg: dict, results: str | Path, models_dir: str | Path) -> 
         d = Path(results) / "metrics" / model
         s1, s2 = (read_json(d / f"reward_{r}.json")["summary"] for r in (r1, r2))
         ppl = read_json(d / "perplexity.json")["summary"]
-        feasible = [i for i, (b1, b2) in enumerate(points) if s1["mean"] >= b1 and s2["mean"] >= b2]
         b1, b2 = points[point] if point is not None else (None, None)
         checks = {}
         for k, r in (("r1", r1), ("r2", r2)):
@@ -104,42 +145,291 @@ def two_reward_table(cfg: dict, results: str | Path, models_dir: str | Path) -> 
                                f"{k}_gap": s["mean"] - c["mean"]})
         rows.append({"model": model, "method": method, "point": point, "b1": b1, "b2": b2,
                      "r1_mean": s1["mean"], "r1_se": s1["se"], "r2_mean": s2["mean"], "r2_se": s2["se"], **checks,
-                     "satisfied": (point in feasible) if point is not None else None,
-                     "points_satisfied": " ".join(f"p{i}" for i in feasible),
                      "nll_mean": ppl["nll_mean"], "nll_std": ppl["nll_std"], "perplexity": ppl["perplexity"],
                      "weights": "/".join(f"{w:g}" for w in weights) if weights else "",
-                     "train_feasible": _run_json(Path(models_dir) / model).get("feasible")})
+                     "train_feasible": _run_json(seed_models(models_root, model, seed)).get("feasible")})
     return pd.DataFrame(rows)
 
 
-def cost_table(cfg: dict, bench: dict[str, str | Path]) -> pd.DataFrame:
-    """The cost claim, per constraint point and constrained method: the wall-clock and CPU seconds of
-    the model's whole training chain (its own job plus the jobs of the models it starts from: MM's
-    chain is SFT then MM, L3M's is L3M alone), from the training jobs' Snakemake benchmark files
-    (``bench``: model -> file), and each chain's ratio to the first constrained method's (L3M's)."""
-    def seconds(model):  # (wall-clock, CPU) of the model's training job: its benchmark file's last row
-        t = pd.read_csv(bench[model], sep="\t")
+def cost_table(cfg: dict, bench: dict, models_root: str | Path) -> pd.DataFrame:
+    """The cost claim, per seed, constraint point and constrained method: the model's whole training
+    chain (its own job plus the jobs of the models it starts from: MM's chain is SFT then MM, L3M's is
+    L3M alone) with the budget each job got (steps, sequences trained on: task pairs, policy samples,
+    chosen + rejected responses; from the runs' resolved configs) and its wall-clock and CPU seconds
+    (the training jobs' Snakemake benchmark files, ``bench``: seed -> model -> file), and each chain's
+    ratio to the first constrained method's (L3M's). Rows with seed "mean" average the seeds."""
+    def seconds(seed, model):  # (wall-clock, CPU) of the model's training job: its benchmark file's last row
+        t = pd.read_csv(bench[str(seed)][model], sep="\t")
         return np.array([t["s"].iloc[-1], t["cpu_time"].iloc[-1]], dtype=float)
 
-    def chain(v):
-        models, m = [v.name], METHODS[v.method]
-        while m.init_from != "base":
-            models.insert(0, m.init_from)
-            m = METHODS[m.init_from]
-        return models
+    def budget(seed, model, method):
+        run = _run_json(seed_models(models_root, model, seed))
+        rc = run.get("config") or cfg
+        if method == "sft":
+            return run.get("steps"), sft_sequences(rc, run["steps"]) if run.get("steps") else None
+        return run.get("steps"), budget_of(rc, method).get("sequences")
 
     by_point: dict[int, list] = {}
     for v in variants(cfg).values():
         if v.point is not None:
             by_point.setdefault(v.point, []).append(v)
     rows = []
-    for point, vs in sorted(by_point.items()):
-        ref = None
+    for seed in cfg["seeds"]:
+        for point, vs in sorted(by_point.items()):
+            ref = None
+            for v in vs:
+                methods = chain(v.method)
+                models = [*methods[:-1], v.name]
+                wall, cpu = (float(x) for x in sum(seconds(seed, m) for m in models))
+                got = [budget(seed, m, meth) for m, meth in zip(models, methods)]
+                ref = ref or (v.method, wall, cpu)
+                rows.append({"seed": seed, "point": point, "method": v.method, "model": v.name,
+                             "chain": "+".join(models), "steps": "+".join(str(g[0]) for g in got),
+                             "sequences": None if any(g[1] is None for g in got) else sum(g[1] for g in got),
+                             "wall_s": wall, "cpu_s": cpu,
+                             f"wall_over_{ref[0]}": wall / ref[1], f"cpu_over_{ref[0]}": cpu / ref[2] if ref[2] else None,
+                             "device": cfg["hardware"]["device"]})
+    df = pd.DataFrame(rows)
+    num = [c for c in df.columns if c.startswith(("wall", "cpu", "sequences"))]
+    mean = df.groupby(["point", "method", "model", "chain", "steps", "device"], sort=False)[num].mean().reset_index()
+    mean.insert(0, "seed", "mean")
+    return pd.concat([df, mean[df.columns]], ignore_index=True)
+
+
+def aggregate_seeds(results: str | Path, seeds: list[int], models: list[str], rewards: list[str]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The aggregate table pooled over the seeds, and the per-seed one behind it. Per model: task NLL,
+    sampled length and every reward as the grid mean over seeds x prompts with its 95% interval
+    (``_lo``, ``_hi``; seeds and prompts as crossed random effects, evaluation/stats.py); perplexity =
+    exp(mean NLL) with exp of the interval; the spread of the per-example NLL (``nll_spread_sd``,
+    pooled: a separate view, not an uncertainty); lm-eval's scores and the share of finished samples as
+    the mean over seeds with a Student-t interval over the per-seed values (NaN with one seed)."""
+    per_seed = _per_seed(lambda s: aggregate(seed_results(results, s) / "metrics", models, rewards), seeds)
+    rows = []
+    for m in models:
+        row = {"model": m, "n_seeds": len(seeds)}
+        nll = grid(results, seeds, m, "nll")
+        _with_interval(row, "nll", nll)
+        row["nll_spread_sd"] = float(nll.std())
+        row.update(perplexity=float(np.exp(row["nll_mean"])), perplexity_lo=float(np.exp(row["nll_lo"])),
+                   perplexity_hi=float(np.exp(row["nll_hi"])), n_prompts=nll.shape[1])
+        _with_interval(row, "len", grid(results, seeds, m, "length"))
+        for r in rewards:
+            _with_interval(row, r, grid(results, seeds, m, r))
+        sub = per_seed[per_seed["model"] == m]
+        scores = [c for c in per_seed.columns if c.startswith("lm_eval:") and not c.endswith("_stderr")]
+        for c in ["frac_finished"] + scores:
+            vals = sub[c].dropna()
+            if len(vals):
+                row[c], row[f"{c}_lo"], row[f"{c}_hi"] = stats.t_interval(vals)
+        rows.append(row)
+    return pd.DataFrame(rows), per_seed
+
+
+def length_table_seeds(cfg: dict, results: str | Path, models_root: str | Path
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[int]]]:
+    """Figure 2's table over the seeds, the per-seed one and every model's sampled lengths (pooled).
+    Per model: its band, mean length with its 95% interval and the verdict on the band
+    (met / violated / undecided from one-sided bounds pooled over seeds and prompts) with the share of
+    seeds whose mean is inside it, the pooled share of responses inside the band, task NLL with its
+    interval, and the share of seeds whose training ended feasible."""
+    seeds = cfg["seeds"]
+    models = [("sft", None)] + [(v.name, v.band) for v in variants(cfg).values() if v.experiment == "length"]
+
+    def one(s):
+        res = seed_results(results, s)
+        rows = []
+        for model, band in models:
+            samples = read_jsonl(res / "samples" / f"{model}.jsonl")
+            ppl = read_json(res / "metrics" / model / "perplexity.json")["summary"]
+            rows.append({"model": model, **length_row(samples, ppl, band),
+                         "train_feasible": _run_json(seed_models(models_root, model, s)).get("feasible")})
+        return pd.DataFrame(rows).drop(columns=["mean_in_band"])
+
+    per_seed = _per_seed(one, seeds)
+    rows, lengths = [], {}
+    for model, band in models:
+        g = grid(results, seeds, model, "length")
+        lengths[model] = [int(x) for x in g.ravel()]
+        row = {"model": model, "n_seeds": len(seeds), "band_lo": band[0] if band else None,
+               "band_hi": band[1] if band else None}
+        _with_interval(row, "len", g)
+        if band:
+            v = stats.verdict(g, band[0], band[1])
+            row.update(verdict=v["verdict"], len_lower=v["lower"], len_upper=v["upper"], seeds_met=v["seeds_met"],
+                       frac_in_band=float(((g >= band[0]) & (g <= band[1])).mean()))
+        _with_interval(row, "nll", grid(results, seeds, model, "nll"))
+        feas = per_seed.loc[per_seed["model"] == model, "train_feasible"].dropna()
+        row["train_feasible_share"] = float(feas.astype(bool).mean()) if len(feas) else None
+        rows.append(row)
+    return pd.DataFrame(rows), per_seed, lengths
+
+
+def two_reward_table_seeds(cfg: dict, results: str | Path, models_root: str | Path
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Figure 3's table over the seeds and the per-seed one. Per model: both rewards (and their
+    checks, with the gap) as grid means with 95% intervals; for a constrained model the verdict on its
+    point (both one-sided 95% bounds; met / violated / undecided) and the share of seeds whose means
+    meet it; for every model the points it meets by that rule (``points_met``) and those undecided;
+    task NLL with its interval; mixture weights; the share of seeds whose training ended feasible."""
+    tw = cfg["experiments"]["two_reward"]
+    points, (r1, r2) = tw["points"], tw["rewards"]
+    seeds = cfg["seeds"]
+    per_seed = _per_seed(lambda s: two_reward_table(cfg, seed_results(results, s), models_root, seed=s), seeds)
+    models = [("base", "base", None, None), ("sft", "sft", None, None)] + [
+        (v.name, v.method, v.point, v.weights) for v in variants(cfg).values() if v.experiment == "two_reward"]
+    rows = []
+    for model, method, point, weights in models:
+        g1, g2 = grid(results, seeds, model, r1), grid(results, seeds, model, r2)
+        row = {"model": model, "method": method, "point": point, "n_seeds": len(seeds)}
+        _with_interval(row, "r1", g1)
+        _with_interval(row, "r2", g2)
+        for k, r, g in (("r1", r1, g1), ("r2", r2, g2)):
+            check = cfg["rewards"][r].get("check")
+            if check:
+                gc = grid(results, seeds, model, check)
+                row[f"{k}_check"] = check
+                _with_interval(row, f"{k}_check", gc)
+                row[f"{k}_gap"] = float(g.mean() - gc.mean())
+        per_point = []
+        for i, (b1, b2) in enumerate(points):
+            v1, v2 = stats.verdict(g1, lo=b1), stats.verdict(g2, lo=b2)
+            met = (g1.mean(axis=1) >= b1) & (g2.mean(axis=1) >= b2)
+            per_point.append((stats.combine([v1["verdict"], v2["verdict"]]), v1, v2, float(met.mean())))
+        if point is not None:
+            verdict, v1, v2, share = per_point[point]
+            row.update(b1=points[point][0], b2=points[point][1], verdict=verdict, r1_lower=v1["lower"],
+                       r2_lower=v2["lower"], seeds_met=share)
+        row["points_met"] = " ".join(f"p{i}" for i, pp in enumerate(per_point) if pp[0] == "met")
+        row["points_undecided"] = " ".join(f"p{i}" for i, pp in enumerate(per_point) if pp[0] == "undecided")
+        _with_interval(row, "nll", grid(results, seeds, model, "nll"))
+        row["weights"] = "/".join(f"{w:g}" for w in weights) if weights else ""
+        feas = per_seed.loc[per_seed["model"] == model, "train_feasible"].dropna()
+        row["train_feasible_share"] = float(feas.astype(bool).mean()) if len(feas) else None
+        rows.append(row)
+    return pd.DataFrame(rows), per_seed
+
+
+def ablation_table_seeds(cfg: dict, results: str | Path, models_dir: str | Path, patterns: list[str],
+                         names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ablation table over the seeds (mean length, its verdict on the band, task NLL, with
+    intervals) and the per-seed one."""
+    band, seeds = cfg["ablations"]["band"], cfg["seeds"]
+    per_seed = _per_seed(lambda s: ablation_table(cfg, Path(results) / f"seed{s}", Path(models_dir) / f"seed{s}",
+                                                  patterns, names), seeds)
+    rows = []
+    for pat, name in zip(patterns, names):
+        docs = [(read_json(Path(results) / f"seed{s}" / pat / "lengths.json"),
+                 read_json(Path(results) / f"seed{s}" / pat / "perplexity.json")) for s in seeds]
+        lg = np.asarray([d[0]["per_example"] for d in docs], dtype=float)
+        ng = np.asarray([list(d[1]["per_example"].values()) for d in docs], dtype=float)
+        row = {"setting": name, "params": pat, "n_seeds": len(seeds), "band_lo": band[0], "band_hi": band[1]}
+        _with_interval(row, "len", lg)
+        v = stats.verdict(lg, band[0], band[1])
+        row.update(verdict=v["verdict"], seeds_met=v["seeds_met"],
+                   frac_in_band=float(((lg >= band[0]) & (lg <= band[1])).mean()))
+        _with_interval(row, "nll", ng)
+        rows.append(row)
+    return pd.DataFrame(rows), per_seed
+
+
+def _nearest_on_front(cfg: dict, results, seeds, candidates: list[str], point) -> str | None:
+    """The model of a weight-grid method (the mixture) on its Pareto front (pooled means) nearest the
+    constraint point (Euclidean distance in the two normalised rewards)."""
+    from evaluation.figures import pareto_front
+
+    r1, r2 = cfg["experiments"]["two_reward"]["rewards"]
+    if not candidates:
+        return None
+    means = np.array([[grid(results, seeds, m, r).mean() for r in (r1, r2)] for m in candidates])
+    front = pareto_front(means)
+    return candidates[min(front, key=lambda i: float(np.hypot(*(means[i] - np.asarray(point)))))]
+
+
+def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
+    """Paired comparisons: per constraint point, the L3M model against every other constrained
+    method's model at the point, against the mixture model nearest the point on the mixture's Pareto
+    front and against SFT; per length band, the L3M model against the other constrained methods'
+    models at the band (if any) and SFT. For task NLL, sampled length and every evaluation reward:
+    the mean difference (L3M minus the other) over the same seeds and prompts, its paired 95%
+    interval (the random-effects interval of the differences), and a sentence to quote."""
+    seeds, rewards = cfg["seeds"], cfg["evaluation"]["rewards"]
+    vs = list(variants(cfg).values())
+    units = {"nll": "nats/token", "length": "tokens"}
+    units.update({r: ("tokens" if cfg["rewards"][r]["type"] == "length" else "std units") for r in rewards})
+    metrics = ["nll", "length"] + [r for r in rewards if cfg["rewards"][r]["type"] != "length"]
+    names = {"nll": "task NLL", "length": "sampled length"}
+    pairs = []  # (experiment, where, a, b, relation)
+    for key, exp in (("point", "two_reward"), ("band", "length")):
+        groups: dict = {}
         for v in vs:
-            models = chain(v)
-            wall, cpu = (float(x) for x in sum(seconds(m) for m in models))
-            ref = ref or (v.method, wall, cpu)
-            rows.append({"point": point, "method": v.method, "model": v.name, "chain": "+".join(models),
-                         "wall_s": wall, "cpu_s": cpu, f"wall_over_{ref[0]}": wall / ref[1],
-                         f"cpu_over_{ref[0]}": cpu / ref[2] if ref[2] else None, "device": cfg["hardware"]["device"]})
+            if v.experiment == exp and getattr(v, key) is not None and get(v.method).grid == "constraints":
+                groups.setdefault(v.point if key == "point" else tuple(v.band), []).append(v)
+        for where, group in groups.items():
+            l3m = [v for v in group if v.method == "l3m"]
+            if not l3m:
+                continue
+            label = f"p{where}" if key == "point" else f"[{where[0]:g}, {where[1]:g}]"
+            for other in group:
+                if other.method != "l3m":
+                    pairs.append((exp, label, l3m[0].name, other.name, get(other.method).label))
+            if key == "point":
+                for m in [m for m in METHODS.values() if m.grid == "weights"]:
+                    cands = [v.name for v in vs if v.method == m.name]
+                    near = _nearest_on_front(cfg, results, seeds, cands, cfg["experiments"]["two_reward"]["points"][where])
+                    if near:
+                        pairs.append((exp, label, l3m[0].name, near, f"{m.label} nearest on its front"))
+            pairs.append((exp, label, l3m[0].name, "sft", "SFT"))
+    rows = []
+    for exp, label, a, b, rel in pairs:
+        for metric in metrics:
+            ga, gb = grid(results, seeds, a, metric), grid(results, seeds, b, metric)
+            d, lo, hi = stats.paired(ga, gb)
+            where = f"at {label}" if exp == "two_reward" else f"in band {label}"
+            sentence = (f"L3M − {rel} ({b}) {names.get(metric, metric)} {where}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                        f"{units[metric]}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} x {ga.shape[1]} prompts")
+            rows.append({"experiment": exp, "where": label, "model": a, "other": b, "other_is": rel, "metric": metric,
+                         "delta": d, "lo": lo, "hi": hi, "excludes_0": bool(lo > 0 or hi < 0), "n_seeds": len(seeds),
+                         "n_prompts": ga.shape[1], "sentence": sentence})
     return pd.DataFrame(rows)
+
+
+def tune_tables(cfg: dict, results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation sweep's tables (registry ``tune_rows``; ``results``: results/<name>/tune). Per
+    model and setting: both rewards and task NLL on the val prompts, pooled over the tuning seeds, with
+    95% intervals, and the verdict at every constraint point. Per constraint point and method the
+    choice by the declared rule: among the method's models at the point (every model of a method
+    without points), those whose verdict is met; of them the lowest val task NLL; none where no
+    setting meets the point."""
+    import json
+
+    from methods.registry import tune_rows
+
+    tw, seeds = cfg["experiments"]["two_reward"], cfg["tune"]["seeds"]
+    (r1, r2), points = tw["rewards"], tw["points"]
+    rows = []
+    for t in tune_rows(cfg):
+        key = f"variant~{t['variant']}_setting~{t['setting']}"  # tune.smk's Paramspace pattern
+        g1, g2 = grid(results, seeds, key, r1), grid(results, seeds, key, r2)
+        row = {"method": t["method"], "variant": t["variant"], "point": t["point"], "setting": t["setting"],
+               "values": json.dumps(t["values"], sort_keys=True), "n_seeds": len(seeds), "n_prompts": g1.shape[1]}
+        _with_interval(row, "r1", g1)
+        _with_interval(row, "r2", g2)
+        _with_interval(row, "nll", grid(results, seeds, key, "nll"))
+        for i, (b1, b2) in enumerate(points):
+            row[f"verdict_p{i}"] = stats.combine([stats.verdict(g1, lo=b1)["verdict"], stats.verdict(g2, lo=b2)["verdict"]])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    choice = []
+    for i, _ in enumerate(points):
+        for method in dict.fromkeys(table["method"]) if len(table) else []:
+            cand = table[(table["method"] == method) & (table["point"].isna() | (table["point"] == i))]
+            met = cand[cand[f"verdict_p{i}"] == "met"].sort_values("nll_mean", kind="stable")
+            best = met.iloc[0] if len(met) else None
+            choice.append({"point": i, "method": method, "candidates": len(cand), "met_on_val": len(met),
+                           "variant": best["variant"] if best is not None else None,
+                           "setting": best["setting"] if best is not None else None,
+                           "values": best["values"] if best is not None else None,
+                           "val_nll": best["nll_mean"] if best is not None else None,
+                           "rule": "met on val (one-sided 95% bounds), then the lowest val task NLL"})
+    return table, pd.DataFrame(choice)

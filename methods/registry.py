@@ -30,6 +30,28 @@ def _mixture_rewards(cfg: dict) -> dict:
     return {"rewards": cfg["mixture"]["rewards"] or cfg["experiments"]["two_reward"]["rewards"]}
 
 
+def _onpolicy_sequences(cfg: dict, task_weight: float = 1.0) -> int:
+    """Sequences an L3M or MM step trains on: the task batch (when the task NLL is in the loss) and the
+    policy samples."""
+    op = cfg["onpolicy"]
+    return (op["batch_size"] if task_weight > 0 else 0) + op["sample_prompts"] * op["samples_per_prompt"]
+
+
+def sft_sequences(cfg: dict, steps: int | None = None) -> int:
+    """Task pairs SFT trains on: ``steps`` optimizer steps (default: from its config, max_steps, or epochs
+    over data.n_train) of batch_size per process x grad_accum x hardware.processes."""
+    s = cfg["sft"]
+    per_step = s["batch_size"] * s["grad_accum"] * cfg["hardware"]["processes"]
+    if steps is None:
+        steps = s["max_steps"] if s.get("max_steps", -1) > 0 else -(-int(s["epochs"] * cfg["data"]["n_train"]) // per_step)
+    return steps * per_step
+
+
+def _per_process(cfg: dict, n: int) -> int:
+    """A TRL trainer's batch is per process: the sequences of one step on every process."""
+    return n * cfg["hardware"]["processes"]
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -54,6 +76,12 @@ class Method:
     prefix: str = ""  # model-name prefix of the variants (default: the name)
     # plot style: legend label, matplotlib marker, colour
     style: tuple[str, str, str] = ("", "o", "gray")
+    # the budget (config budget.mode): the key holding the method's number of steps, and the sequences
+    # it trains on per step (task pairs, policy samples, chosen + rejected responses of preference pairs),
+    # or None for a method whose run is not budgeted
+    budget: tuple[str, Callable[[dict], int]] | None = None
+    # the sequences one unbudgeted run trains on (SFT: its task pairs), for the chains built on it
+    sequences: Callable[[dict], int] | None = None
 
     def load(self):
         return importlib.import_module(self.module)
@@ -67,21 +95,27 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("sft", "methods.sft", "base", "supervised fine-tuning on the task data (TRL SFTTrainer)",
-               style=("SFT", "*", "black")),
+               style=("SFT", "*", "black"), sequences=sft_sequences),
         Method("l3m", "methods.l3m", "base", "L3M: task NLL + relaxed log-barrier of the constraints, one stage",
                reads=("onpolicy", "constraints", "rewards", "generation"), needs=_constraint_rewards,
-               grid="constraints", lengths=True, style=("L3M", "o", "tab:red")),
+               grid="constraints", lengths=True, style=("L3M", "o", "tab:red"),
+               budget=("l3m.steps", _onpolicy_sequences)),
         Method("mm", "methods.minimax", "sft", "minimax: Lagrangian saddle point with dual ascent and KL to SFT",
                reads=("onpolicy", "constraints", "rewards", "generation"), needs=_constraint_rewards,
-               grid="constraints", style=("MM", "s", "tab:blue")),
+               grid="constraints", style=("MM", "s", "tab:blue"),
+               budget=("mm.steps", lambda cfg: _onpolicy_sequences(cfg, cfg["mm"]["task_weight"]))),
         Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
                reads=("onpolicy.temperature", "rewards", "experiments.two_reward"), needs=_mixture_rewards,
-               grid="weights", prefix="mix", style=("mixture RLHF", "^", "tab:green")),
+               grid="weights", prefix="mix", style=("mixture RLHF", "^", "tab:green"),
+               budget=("mixture.steps", lambda cfg: _per_process(
+                   cfg, cfg["mixture"]["prompts_per_step"] * cfg["mixture"]["samples_per_prompt"]))),
         Method("dpo", "methods.dpo", "sft", "DPO on the preference pairs (TRL DPOTrainer)",
-               needs=lambda cfg: {"pairs": cfg["dpo"]["pairs"]}, grid="single", style=("DPO", "D", "tab:purple")),
+               needs=lambda cfg: {"pairs": cfg["dpo"]["pairs"]}, grid="single", style=("DPO", "D", "tab:purple"),
+               budget=("dpo.max_steps", lambda cfg: _per_process(cfg, 2 * cfg["dpo"]["batch_size"]))),
         Method("cpo", "methods.cpo", "sft", "constrained preference optimisation: DPO s.t. a margin constraint",
                needs=lambda cfg: {"pairs": [cfg["cpo"]["objective"], cfg["cpo"]["constraint"]]}, grid="single",
-               style=("CPO", "P", "tab:orange")),
+               style=("CPO", "P", "tab:orange"),
+               budget=("cpo.steps", lambda cfg: 4 * cfg["cpo"]["batch_size"])),  # objective and constraint pairs
     ]
 }
 
@@ -102,6 +136,64 @@ def _load_plugins() -> None:
 
     for module in filter(None, (m.strip() for m in os.environ.get("L3M_BENCH_METHODS", "").split(","))):
         importlib.import_module(module)
+
+
+def _get_key(cfg: dict, key: str):
+    section, name = key.split(".")
+    return cfg[section][name]
+
+
+def sequences(cfg: dict, method: str) -> int:
+    """The sequences one run of ``method`` trains on under ``cfg`` (its steps times its sequences per
+    step), or 0 for a method that declares neither."""
+    m = get(method)
+    if m.budget is None:
+        return m.sequences(cfg) if m.sequences else 0
+    key, per = m.budget
+    return max(_get_key(cfg, key), 0) * per(cfg)
+
+
+def budget_of(cfg: dict, method: str) -> dict:
+    """What one run of ``method`` trains on under ``cfg`` (a resolved config with the run's overrides):
+    its steps and sequences, or {} for a method without a budget entry."""
+    m = get(method)
+    if m.budget is None:
+        return {}
+    return {"steps": _get_key(cfg, m.budget[0]), "sequences": sequences(cfg, method)}
+
+
+def chain(method: str) -> list[str]:
+    """The methods whose runs a model of ``method`` needs, in order (MM: sft, mm; L3M: l3m)."""
+    out, m = [method], get(method)
+    while m.init_from != "base":
+        out.insert(0, m.init_from)
+        m = get(m.init_from)
+    return out
+
+
+def budget_steps(cfg: dict) -> dict[str, int]:
+    """The steps every budgeted method gets under ``cfg["budget"]`` (a resolved config), by key
+    ("mm.steps": 80, ...); empty for mode none. The reference method (L3M) keeps its own steps; the
+    models a method starts from (SFT) keep theirs. equal_compute: the method's whole chain (SFT, then
+    the method) trains on as many sequences as the reference's run (rounded up to a whole step);
+    equal_steps: the reference's number of steps."""
+    mode, ref = cfg["budget"]["mode"], cfg["budget"]["reference"]
+    if mode == "none":
+        return {}
+    ref_steps = _get_key(cfg, METHODS[ref].budget[0])
+    ref_units = sequences(cfg, ref)
+    out = {}
+    for m in METHODS.values():
+        if m.name == ref or m.budget is None:
+            continue
+        key, per = m.budget
+        before = sum(sequences(cfg, c) for c in chain(m.name)[:-1])
+        if mode == "equal_compute" and ref_units - before <= 0:
+            raise ValueError(f"budget.mode equal_compute: {'+'.join(chain(m.name)[:-1])} alone trains on {before} "
+                             f"sequences, at least the {ref_units} of {ref}'s run, so {m.name} would get no steps; "
+                             f"give {ref} more steps, its chain fewer, or use budget.mode equal_steps or none")
+        out[key] = ref_steps if mode == "equal_steps" else -(-(ref_units - before) // per(cfg))
+    return out
 
 
 # The initialisation model is no method, but tables and figures show it beside them.
@@ -168,6 +260,33 @@ def variants(cfg: dict) -> dict[str, Variant]:
             else:
                 raise ValueError(f"method {m.name}: unknown grid {m.grid!r} (constraints, weights, single or None)")
     return out
+
+
+def tune_rows(cfg: dict) -> list[dict]:
+    """The validation sweep's models (config ``tune.grid``): for every method with a grid, the product
+    of its value lists is its settings (s0, s1, ... in product order); each setting is trained once per
+    two-reward model of the method (per constraint point, per weight vector, or the single one), with
+    that model's overrides and the setting's keys. Rows: variant, method, point, setting, values
+    ({"section.key": value}), overrides (the --set of the run, without the seed)."""
+    import itertools
+
+    from methods.core.config import deep_merge
+
+    rows = []
+    models = [v for v in variants(cfg).values() if v.experiment == "two_reward"]
+    for method, grid in cfg["tune"]["grid"].items():
+        keys = list(grid)
+        for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
+            values = dict(zip(keys, combo))
+            setting: dict = {}
+            for k, v in values.items():
+                section, name = k.split(".")
+                setting.setdefault(section, {})[name] = v
+            for v in models:
+                if v.method == method:
+                    rows.append({"variant": v.name, "method": method, "point": v.point, "setting": f"s{i}",
+                                 "values": values, "overrides": deep_merge(v.overrides or {}, setting)})
+    return rows
 
 
 _load_plugins()

@@ -175,3 +175,51 @@ def test_an_older_config_with_shared_keys_under_l3m_is_told_where_they_moved():
     assert "config.l3m.batch_size: moved to config.onpolicy.batch_size" in msg
     assert "config.l3m.temperature: moved to config.onpolicy.temperature" in msg
     assert "steps" not in msg
+
+
+def test_seeds_default_to_the_task_seed_and_must_be_distinct():
+    assert validate_config({"name": "x", "seed": 5})["seeds"] == [5]
+    assert validate_config(base())["seeds"] == [1234, 1235, 1236]
+    assert "config.seeds" in errors_of({"name": "x", "seeds": [1, 1]})
+    assert "config.seeds" in errors_of({"name": "x", "seeds": []})
+
+
+def test_budget_modes_derive_every_methods_steps():
+    """The embedded default (equal_compute): L3M trains 160 steps of 32 task pairs + 8 x 4 samples =
+    10,240 sequences; SFT one epoch of 5,120 pairs; so each method from SFT gets 5,120 sequences: MM 80
+    steps of 32 + 32, the mixture 160 of 8 x 4 samples, DPO 80 of 32 pairs x 2 responses, CPO 40 of
+    (32 objective + 32 constraint pairs) x 2. equal_steps: all 160. none: the sections' own values."""
+    cfg = validate_config(base())
+    assert (cfg["mm"]["steps"], cfg["mixture"]["steps"], cfg["dpo"]["max_steps"], cfg["cpo"]["steps"]) == (80, 160, 80, 40)
+    raw = base()
+    raw["budget"] = {"mode": "equal_steps"}
+    cfg = validate_config(raw)
+    assert (cfg["mm"]["steps"], cfg["mixture"]["steps"], cfg["dpo"]["max_steps"], cfg["cpo"]["steps"]) == (160,) * 4
+    raw["budget"] = {"mode": "none"}
+    cfg = validate_config(raw)
+    assert (cfg["mm"]["steps"], cfg["mixture"]["steps"], cfg["dpo"]["max_steps"], cfg["cpo"]["steps"]) == (100, 60, -1, 80)
+    # MM without the task term trains on samples only: 5,120 / 32 = 160 steps
+    raw = base()
+    raw["mm"]["task_weight"] = 0.0
+    assert validate_config(raw)["mm"]["steps"] == 160
+    # the resolved config (derived steps written out) validates again unchanged, and a run's override of
+    # what the steps derive from re-derives them (DPO at 16 pairs a step: 5,120 / 32 = 160 steps)
+    cfg = validate_config(base())
+    assert validate_config(cfg) == cfg and cfg["budget"]["derived"]["mm.steps"] == 80
+    assert validate_config({**cfg, "dpo": {**cfg["dpo"], "batch_size": 16}})["dpo"]["max_steps"] == 160
+    # a chain that alone outspends the reference is named, not given 1 step
+    raw = base()
+    raw["l3m"]["steps"] = 60
+    msg = errors_of(raw)
+    assert "sft alone trains on 5120 sequences, at least the 3840 of l3m's run" in msg and "budget.mode" in msg
+
+
+def test_a_budgeted_key_set_by_hand_is_named_with_the_fix():
+    raw = base()
+    raw["mm"]["steps"] = 60
+    msg = errors_of(raw)
+    assert "config.mm.steps: 60, but budget.mode equal_compute gives 80" in msg
+    assert "remove config.mm.steps or set budget.mode: none" in msg
+    raw = base()
+    raw["budget"]["reference"] = "sft"
+    assert "config.budget.reference: 'sft' is not a method with a budget" in errors_of(raw)

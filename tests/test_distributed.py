@@ -99,8 +99,9 @@ def test_training_rules_launch_through_accelerate(tmp_path):
     SFT and reward-model trainers (DDP) and L3M run on two processes and one of them writes."""
     cfg = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
     cfg["hardware"] = {"processes": 2}
+    cfg["seeds"] = [7]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    targets = [f"resources/micro/models/{m}" for m in ("sft", "rm_rating", "l3m_len0")]
+    targets = ["resources/micro/models/rm_rating"] + [f"resources/micro/seed7/models/{m}" for m in ("sft", "l3m_len0")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
                         "--configfile", str(tmp_path / "cfg.yaml"), "--directory", str(tmp_path), "-p", *targets],
@@ -111,6 +112,6 @@ def test_training_rules_launch_through_accelerate(tmp_path):
     for t in targets:
         rec = json.loads((tmp_path / t / "l3m_run.json").read_text())
         assert rec["processes"] == 2, t
-    log = (tmp_path / "logs" / "micro" / "train_sft.log").read_text()
+    log = (tmp_path / "logs" / "micro" / "seed7" / "train_sft.log").read_text()
     assert log.count("sft: 6 steps in") == 2  # both processes trained; one wrote the model
-    assert not list((tmp_path / "resources" / "micro" / "models").glob("*.work"))
+    assert not list((tmp_path / "resources" / "micro").glob("**/*.work"))

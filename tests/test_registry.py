@@ -77,11 +77,15 @@ def test_the_dag_trains_a_method_defined_in_a_test_after_its_reward_models(tmp_p
     p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1"))
     assert p.returncode == 0, p.stderr[-3000:]
-    nodes = {m[1].replace("\\n", " "): m[0] for m in re.findall(r'\t(\d+)\[label = "([^"]+)"', p.stdout)}
+    # node labels without the seed (Snakemake shows it on some rules only): one label, a node per seed
+    ids: dict[str, set] = {}
+    for i, label in re.findall(r'\t(\d+)\[label = "([^"]+)"', p.stdout):
+        ids.setdefault(re.sub(r" seed: \d+", "", label.replace("\\n", " ")), set()).add(i)
+    nodes = set(ids)
     edges = set(re.findall(r"\t(\d+) -> (\d+)", p.stdout))
 
     def into(label):
-        return {k for k, n in nodes.items() if (n, nodes[label]) in edges}
+        return {k for k in nodes if any((a, b) in edges for a in ids[k] for b in ids[label])}
 
     for model in ("mm2_pt0", "mm2_pt1"):
         assert {"reward_model reward: rating", "reward_model reward: coherence", "train method: sft"} <= into(
@@ -104,8 +108,10 @@ def test_tables_and_figures_draw_a_method_defined_in_a_test(extra_methods, tmp_p
             ("dpo2", "dpo2", None)]
     rng = np.random.default_rng(0)
     df = pd.DataFrame([{"model": m, "method": k, "point": p, "r1_mean": rng.normal(), "r2_mean": rng.normal(),
-                        "r1_se": 0.05, "r2_se": 0.05, "nll_mean": 4 + rng.random(), "nll_std": 0.1,
+                        "nll_mean": 4 + rng.random(), "verdict": "undecided" if p is not None else None,
                         "weights": "1/0" if m == "mix0" else ("0/1" if m == "mix1" else "")} for m, k, p in rows])
+    for c in ("r1", "r2", "nll"):  # 95% intervals, as the pooled table has them
+        df[f"{c}_lo"], df[f"{c}_hi"] = df[f"{c}_mean"] - 0.1, df[f"{c}_mean"] + 0.1
     figures.figure3_two_reward(df, [[0.0, 0.0], [-0.5, 0.5]], 0, ["r1", "r2"], tmp_path / "f3.png")
     figures.pareto_figure(df, ["r1", "r2"], tmp_path / "pareto.png")
     left, right = figs[0].axes[:2]

@@ -285,7 +285,7 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
     default = read_config_file(REPO / "config" / "config.yaml")
     rewards = {k: {**default["rewards"][k], **({"max_length": 96} if "max_length" in default["rewards"][k] else {})}
                for k in ("rating", "rating_minilm", "harmless", "sentiment")}
-    cfg = deep_merge(micro, {"name": "micro_hh", "rewards": rewards,
+    cfg = deep_merge(micro, {"name": "micro_hh", "rewards": rewards, "seeds": [7],
                              "experiments": deep_merge(hh["experiments"], {"two_reward": {
                                  "enabled": True, "points": [[0.0, 0.0], [-0.5, 0.5]], "shade": 0, "dpo": False}}),
                              "evaluation": {"rewards": hh["evaluation"]["rewards"], "lm_eval": {"enabled": False}}})
@@ -300,7 +300,7 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
     assert list(rows) == ["base", "sft", "l3m_pt0", "l3m_pt1", "mm_pt0", "mm_pt1", "mix0", "mix1"]
     for r in rows.values():
         assert r["r1_check"] == "rating_minilm" and "r2_check" not in r
-        check = read_json(out / "metrics" / r["model"] / "reward_rating_minilm.json")["summary"]
+        check = read_json(out / "seed7" / "metrics" / r["model"] / "reward_rating_minilm.json")["summary"]
         assert float(r["r1_check_mean"]) == pytest.approx(check["mean"], rel=1e-5)
         assert float(r["r1_gap"]) == pytest.approx(float(r["r1_mean"]) - check["mean"], abs=1e-5)
     card = read_json(out / "data" / "rm_rating_minilm_card.json")
@@ -308,7 +308,7 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
     assert card["heldout_pair_accuracy"]["ci95"][0] <= card["heldout_pair_accuracy"]["accuracy"]
     harmless = read_json(out / "data" / "rm_harmless_card.json")
     assert "alt-profanity-check" in harmless["scorer"] and harmless["normalisation"]["std"] > 0
-    m = read_json(out / "metrics" / "mm_pt0" / "reward_harmless.json")
+    m = read_json(out / "seed7" / "metrics" / "mm_pt0" / "reward_harmless.json")
     assert m["unit"] == "std units of the reference set" and len(m["per_example"]) == 16
     for fig in ("fig3_two_reward", "pareto"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000

@@ -56,6 +56,7 @@ def test_micro_dag_runs_through_the_slurm_profile(cluster, tmp_path):
     cfg["experiments"]["length"]["bands"] = cfg["experiments"]["length"]["bands"][:1]
     cfg["experiments"]["two_reward"]["points"] = cfg["experiments"]["two_reward"]["points"][:1]
     cfg["mixture"]["weights"] = cfg["mixture"]["weights"][:1]
+    cfg["seeds"] = [7]  # one training seed (the seed dimension is exercised locally in test_workflow.py)
     (work / "micro.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "all", "--profile", "slurm",
            "--seconds-between-status-checks", "2", "--slurm-init-seconds-before-status-checks", "1",

@@ -77,7 +77,7 @@ def validate_config(config, check_paths: bool = True) -> dict:
     validator = _with_defaults(Draft202012Validator)(_schema())
     errors = [_message(e) for e in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))]
     if not errors:
-        errors = _semantic_errors(cfg, check_paths)
+        errors = _semantic_errors(cfg, check_paths) + _resolve(cfg, config)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return cfg
@@ -115,7 +115,8 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
             if r["check"] == name or r["check"] not in rewards:
                 errs.append(f"config.rewards.{name}.check: {r['check']!r} must name another reward defined under "
                             f"config.rewards (defined: {sorted(rewards)})")
-            elif (name in cfg["evaluation"]["rewards"] or name in cfg["experiments"]["two_reward"]["rewards"]) and \
+            elif (name in cfg["evaluation"]["rewards"] or (cfg["experiments"]["two_reward"]["enabled"] and
+                                                            name in cfg["experiments"]["two_reward"]["rewards"])) and \
                     r["check"] not in cfg["evaluation"]["rewards"]:
                 errs.append(f"config.rewards.{name}.check: {r['check']!r} is not scored; add it to "
                             f"config.evaluation.rewards")
@@ -231,6 +232,54 @@ def _semantic_errors(cfg: dict, check_paths: bool) -> list[str]:
     if cfg["hardware"]["fsdp"] and cfg["hardware"]["processes"] < 2:
         errs.append("config.hardware.fsdp: sharding needs hardware.processes >= 2 (one per GPU); "
                     "set processes or fsdp: false")
+    return errs
+
+
+def _resolve(cfg: dict, raw: dict) -> list[str]:
+    """Fill in what follows from other keys: ``seeds`` (null: [seed]) and, under a budget mode, every
+    budgeted method's steps (methods/registry.py ``budget_steps``). A budgeted key the config sets
+    itself must equal the derived value; returns the errors."""
+    from methods.registry import METHODS, budget_steps
+
+    if cfg["seeds"] is None:
+        cfg["seeds"] = [cfg["seed"]]
+    if cfg["tune"]["seeds"] is None:
+        cfg["tune"]["seeds"] = list(cfg["seeds"])
+    errs = []
+    for method, grid in cfg["tune"]["grid"].items():
+        if method not in METHODS or METHODS[method].grid not in ("constraints", "weights", "single"):
+            errs.append(f"config.tune.grid.{method}: not a method of the two-reward experiment "
+                        f"({sorted(m.name for m in METHODS.values() if m.grid)})")
+            continue
+        for key in grid:
+            section, name = key.split(".")
+            if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
+                errs.append(f"config.tune.grid.{method}.{key}: no such config key; name a key as section.key "
+                            f"(e.g. {method}.lr)")
+    b = cfg["budget"]
+    if b["mode"] == "none":
+        return errs
+    if b["reference"] not in METHODS or METHODS[b["reference"]].budget is None:
+        with_budget = sorted(m.name for m in METHODS.values() if m.budget)
+        return errs + [f"config.budget.reference: {b['reference']!r} is not a method with a budget ({with_budget})"]
+    try:
+        derived = budget_steps(cfg)
+    except ValueError as e:
+        return errs + [f"config.budget: {e}"]
+    # a resolved config (the DAG's config file) carries what was derived; a job's --set may change what it
+    # was derived from, so a value equal to the recorded derivation is re-derived, not a user's setting
+    before = (raw.get("budget") or {}).get("derived") or {}
+    for key, steps in derived.items():
+        section, name = key.split(".")
+        given = (raw.get(section) or {}).get(name) if isinstance(raw.get(section), dict) else None
+        if given is not None and given == before.get(key):
+            given = None
+        if given is not None and given != steps:
+            errs.append(f"config.{key}: {given}, but budget.mode {b['mode']} gives {steps} (from "
+                        f"{b['reference']}'s steps and each method's sequences per step); remove config.{key} "
+                        f"or set budget.mode: none")
+        cfg[section][name] = steps
+    b["derived"] = derived
     return errs
 
 

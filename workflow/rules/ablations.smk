@@ -1,6 +1,6 @@
 # L3M ablations as a Snakemake Paramspace grid: `snakemake --cores all ablations`.
-# One L3M per row of config.ablations.settings (each row: config.l3m and config.onpolicy with the row's keys changed),
-# all on the band config.ablations.band, then sampled and scored on the test prompts.
+# One L3M per row of config.ablations.settings (each row: config.l3m and config.onpolicy with the row's keys changed)
+# and per training seed, all on the band config.ablations.band, then sampled and scored on the test prompts.
 from snakemake.utils import Paramspace
 
 ABLATIONS = Paramspace(ablation_frame(), filename_params="*")
@@ -13,11 +13,11 @@ rule ablation_train:
         init=model_dir("base"),
         train=rules.task_data.output.train,
     output:
-        directory(f"{ABL_RES}/{ABLATIONS.wildcard_pattern}/model"),
+        directory(f"{ABL_RES}/seed{{seed}}/{ABLATIONS.wildcard_pattern}/model"),
     log:
-        f"{LOG}/ablations/{ABLATIONS.wildcard_pattern}/train.log",
+        f"{LOG}/ablations/seed{{seed}}/{ABLATIONS.wildcard_pattern}/train.log",
     benchmark:
-        f"{BENCH}/ablations/{ABLATIONS.wildcard_pattern}.tsv"
+        f"{BENCH}/ablations/seed{{seed}}/{ABLATIONS.wildcard_pattern}.tsv"
     conda:
         CONDA_ENV
     threads: TRAIN_THREADS
@@ -26,9 +26,9 @@ rule ablation_train:
         runtime=TRAIN_TIME,
         gpu=GPUS,
     params:
-        set=ablation_set,
+        set=seed_set(ablation_set),
         data=parent("train"),
-        fp=train_fingerprint("l3m", {k: CFG["ablations"][k] for k in ("band", "reward")}),  # the row: in the path
+        fp=lambda w: train_fingerprint("l3m", {k: CFG["ablations"][k] for k in ("band", "reward")}, w.seed),  # + the row's path
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method l3m "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
@@ -39,29 +39,34 @@ rule ablation_eval:
         model=rules.ablation_train.output,
         test=rules.task_data.output.test,
     output:
-        samples=f"{ABL_OUT}/{ABLATIONS.wildcard_pattern}/samples.jsonl",
-        ppl=f"{ABL_OUT}/{ABLATIONS.wildcard_pattern}/perplexity.json",
-        lengths=f"{ABL_OUT}/{ABLATIONS.wildcard_pattern}/lengths.json",
+        samples=f"{ABL_OUT}/seed{{seed}}/{ABLATIONS.wildcard_pattern}/samples.jsonl",
+        ppl=f"{ABL_OUT}/seed{{seed}}/{ABLATIONS.wildcard_pattern}/perplexity.json",
+        lengths=f"{ABL_OUT}/seed{{seed}}/{ABLATIONS.wildcard_pattern}/lengths.json",
     log:
-        f"{LOG}/ablations/{ABLATIONS.wildcard_pattern}/eval.log",
+        f"{LOG}/ablations/seed{{seed}}/{ABLATIONS.wildcard_pattern}/eval.log",
     conda:
         CONDA_ENV
     threads: 1
     params:
         data=parent("test"),
         out=parent("ppl", io="output"),
+        fp=seed_fingerprint("generation", "evaluation", "seed"),
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --model {input.model} "
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --seed {wildcards.seed} "
+        "--model {input.model} "
         "--data {params.data} --rewards '' --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
 rule ablation_table:
     input:
-        lengths=expand(f"{ABL_OUT}/{{params}}/lengths.json", params=ABLATIONS.instance_patterns),
-        ppl=expand(f"{ABL_OUT}/{{params}}/perplexity.json", params=ABLATIONS.instance_patterns),
-        models=expand(f"{ABL_RES}/{{params}}/model", params=ABLATIONS.instance_patterns),
+        lengths=expand(
+            f"{ABL_OUT}/seed{{seed}}/{{params}}/lengths.json", seed=SEEDS, params=ABLATIONS.instance_patterns
+        ),
+        ppl=expand(f"{ABL_OUT}/seed{{seed}}/{{params}}/perplexity.json", seed=SEEDS, params=ABLATIONS.instance_patterns),
+        models=expand(f"{ABL_RES}/seed{{seed}}/{{params}}/model", seed=SEEDS, params=ABLATIONS.instance_patterns),
     output:
         table=report(f"{OUT}/tables/ablations.csv", category="Ablations", caption="../report/ablations.rst"),
+        per_seed=f"{OUT}/tables/ablations_per_seed.csv",
         png=report(f"{FIG}/ablations.png", category="Ablations", caption="../report/ablations.rst"),
         pdf=f"{FIG}/ablations.pdf",
     log:
@@ -69,13 +74,14 @@ rule ablation_table:
     conda:
         CONDA_ENV
     params:
-        results=parent("lengths", levels=2),
-        models=parent("models", levels=2),
+        results=parent("lengths", levels=3),
+        models=parent("models", levels=3),
         patterns=",".join(ABLATIONS.instance_patterns),
         names=",".join(ABLATIONS.dataframe["name"]),
     shell:
         "{ENV} {PY} -m evaluation.cli ablations --config {CONFIG_FILE} --results {params.results} --models-dir {params.models} "
-        "--patterns {params.patterns} --names {params.names} --table {output.table} --out {output.png} > {log} 2>&1"
+        "--patterns {params.patterns} --names {params.names} --table {output.table} --per-seed {output.per_seed} "
+        "--out {output.png} > {log} 2>&1"
 
 
 rule ablations:

@@ -11,6 +11,7 @@ sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
 from methods.core.rewards import FOLDER_TYPES  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
+from methods.registry import tune_rows as registry_tune_rows  # noqa: E402
 from methods.registry import variants as registry_variants  # noqa: E402
 
 
@@ -90,6 +91,8 @@ REWARDS = CFG["evaluation"]["rewards"]
 # scorers' normalisation
 RM_REWARDS = [n for n, r in CFG["rewards"].items() if r["type"] in FOLDER_TYPES]
 PAIR_SETS = {CFG["rewards"][r]["pairs"] for r in RM_REWARDS}
+# those the experiments use (evaluated, or constrained by the two-reward experiment): the default target's cards
+USED_RM_REWARDS = [r for r in RM_REWARDS if r in REWARDS or (TWO["enabled"] and r in TWO["rewards"] + TWO_CHECKS)]
 TRAIN_THREADS = CFG["hardware"]["train_threads"]  # Snakemake caps it at --cores
 
 # Training jobs on several processes (hardware.processes > 1, one per GPU): `accelerate launch`
@@ -124,20 +127,51 @@ def fingerprint(*sections):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_fingerprint(method, overrides=None):
-    """What a training job depends on: data, seed, hardware, the method's section and the sections its
-    registry entry reads, plus a variant's overrides (a band, a constraint point, mixture weights)."""
-    fp = fingerprint("data", "seed", "hardware", method, *METHODS[method].reads)
+# Seeds (config `seeds`): every trained model once per seed, under resources/<name>/seed<s>/models/, and
+# its samples and metrics under results/<name>/seed<s>/. Shared by all seeds (they define the task):
+# the data, the base model and the reward models, under resources/<name>/models/.
+SEEDS = CFG["seeds"]
+
+
+def train_fingerprint(method, overrides=None, seed="{seed}"):
+    """What a training job depends on: data, hardware, the method's section and the sections its
+    registry entry reads, a variant's overrides (a band, a constraint point, mixture weights) and its
+    training seed (the job's, not the list of seeds: adding a seed retrains nothing that exists).
+    The models every seed shares read ``seed`` (the task's seed); a model is built from them, so its
+    fingerprint holds it too."""
+    fp = f"{fingerprint('data', 'seed', 'hardware', method, *METHODS[method].reads)}@seed{seed}"
     return fp if overrides is None else fp + json.dumps(overrides, sort_keys=True)
 
 
-def model_dir(name):
-    return f"{RES}/models/{name}"
+def seed_fingerprint(*sections):
+    """A per-seed job's fingerprint (evaluation, lm-eval): its sections plus the job's seed."""
+    return lambda w: f"{fingerprint(*sections)}@seed{w.seed}"
 
 
-def train_benchmark(name):
+def shared(name):
+    """A model every seed shares: the base model and the reward models."""
+    return name == "base" or name.startswith("rm_")
+
+
+def model_dir(name, seed="{seed}"):
+    """A model's folder: resources/<name>/models/<model> for the shared ones, else
+    resources/<name>/seed<seed>/models/<model> (``seed`` a number or the wildcard)."""
+    return f"{RES}/models/{name}" if shared(name) else f"{RES}/seed{seed}/models/{name}"
+
+
+def seed_out(seed="{seed}"):
+    """results/<name>/seed<seed>: one seed's samples, metrics, training logs and curves."""
+    return f"{OUT}/seed{seed}"
+
+
+def train_benchmark(name, seed="{seed}"):
     """The Snakemake benchmark file of the job that trains model ``name`` (either train rule)."""
-    return f"{BENCH}/train_{name}.tsv"
+    return f"{BENCH}/seed{seed}/train_{name}.tsv"
+
+
+def seed_set(overrides):
+    """The --set of a training job: the variant's overrides plus the job's training seed."""
+    return lambda w: json.dumps({**(overrides(w) if callable(overrides) else overrides or {}), "seed": int(w.seed)})
 
 
 def pair_dir(name):
@@ -166,7 +200,7 @@ def parent(name, levels=1, io="input"):
 
 
 def init_model(wildcards):
-    return model_dir(METHODS[wildcards.method].init_from)
+    return model_dir(METHODS[wildcards.method].init_from, wildcards.seed)
 
 
 def rm_backbone(wildcards):
@@ -233,12 +267,30 @@ def ablation_set(wildcards):
     for k in ("mu_decay", "barrier_weight"):
         v[k] = "auto" if str(v[k]) == "auto" else float(v[k])
     cons = [{"reward": CFG["ablations"]["reward"], "band": CFG["ablations"]["band"]}]
-    return json.dumps(
-        {"l3m": {k: v[k] for k in ABL_L3M_KEYS}, "onpolicy": {k: v[k] for k in ABL_ONPOLICY_KEYS}, "constraints": cons}
-    )
+    return {
+        "l3m": {k: v[k] for k in ABL_L3M_KEYS},
+        "onpolicy": {k: v[k] for k in ABL_ONPOLICY_KEYS},
+        "constraints": cons,
+    }
+
+
+# The validation sweep (workflow/rules/tune.smk): its rows by (variant, setting), from the registry
+TUNE_ROWS = {(r["variant"], r["setting"]): r for r in registry_tune_rows(CFG)}
+
+
+def tune_frame(rows):
+    """The validation sweep's Paramspace rows: one per (variant, setting)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"variant": v, "setting": st} for v, st in rows], columns=["variant", "setting"])
+
+
+def tune_row(w):
+    return TUNE_ROWS[(w.variant, w.setting)]
 
 
 wildcard_constraints:
+    seed="[0-9]+",
     model="[A-Za-z0-9_]+",
     variant="[A-Za-z0-9_]+",
     reward="[A-Za-z0-9_]+",

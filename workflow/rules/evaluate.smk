@@ -1,75 +1,77 @@
-# Per model, one job: sampling on the test prompts, task perplexity, lengths and rewards; then the
-# aggregate table. (`python -m evaluation.cli generate|perplexity|score` run the steps one at a time.)
+# Per model and seed, one job: sampling on the test prompts (with the seed), task perplexity, lengths and
+# rewards; then the aggregate table over the seeds. (`python -m evaluation.cli generate|perplexity|score` run the steps one at a time.)
 
 
 rule evaluate:
     input:
-        model=model_dir("{model}"),
+        model=lambda w: model_dir(w.model, w.seed),
         test=rules.task_data.output.test,
         rm=reward_inputs(REWARDS),
     output:
-        samples=f"{OUT}/samples/{{model}}.jsonl",
-        run=f"{OUT}/samples/{{model}}.jsonl.run.json",
-        perplexity=f"{OUT}/metrics/{{model}}/perplexity.json",
-        lengths=f"{OUT}/metrics/{{model}}/lengths.json",
-        rewards=[f"{OUT}/metrics/{{model}}/reward_{r}.json" for r in REWARDS],
+        samples=f"{seed_out()}/samples/{{model}}.jsonl",
+        run=f"{seed_out()}/samples/{{model}}.jsonl.run.json",
+        perplexity=f"{seed_out()}/metrics/{{model}}/perplexity.json",
+        lengths=f"{seed_out()}/metrics/{{model}}/lengths.json",
+        rewards=[f"{seed_out()}/metrics/{{model}}/reward_{r}.json" for r in REWARDS],
     log:
-        f"{LOG}/evaluate_{{model}}.log",
+        f"{LOG}/seed{{seed}}/evaluate_{{model}}.log",
     benchmark:
-        f"{BENCH}/evaluate_{{model}}.tsv"
+        f"{BENCH}/seed{{seed}}/evaluate_{{model}}.tsv"
     conda:
         CONDA_ENV
     threads: 1
     params:
-        fp=fingerprint("generation", "evaluation", "rewards", "seed"),
+        fp=seed_fingerprint("generation", "evaluation", "rewards", "seed"),
         data=parent("test"),
         rewards=",".join(REWARDS),
         out=parent("perplexity", io="output"),
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --model {input.model} "
-        "--data {params.data} --rewards {params.rewards:q} --samples {output.samples} --out {params.out} > {log} 2>&1"
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --seed {wildcards.seed} "
+        "--model {input.model} --data {params.data} --rewards {params.rewards:q} --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
 rule lm_eval:
     """lm-evaluation-harness: the local task on the test split (offline) and any configured hub tasks."""
     input:
-        model=model_dir("{model}"),
+        model=lambda w: model_dir(w.model, w.seed),
         test=rules.task_data.output.test,
     output:
-        f"{OUT}/metrics/{{model}}/lm_eval.json",
+        f"{seed_out()}/metrics/{{model}}/lm_eval.json",
     log:
-        f"{LOG}/lm_eval_{{model}}.log",
+        f"{LOG}/seed{{seed}}/lm_eval_{{model}}.log",
     benchmark:
-        f"{BENCH}/lm_eval_{{model}}.tsv"
+        f"{BENCH}/seed{{seed}}/lm_eval_{{model}}.tsv"
     conda:
         CONDA_ENV
     threads: 1
     params:
-        fp=fingerprint("evaluation", "seed"),
+        fp=seed_fingerprint("evaluation", "seed"),
         data=parent("test"),
     shell:
-        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli lm-eval --config {CONFIG_FILE} --model {input.model} "
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli lm-eval --config {CONFIG_FILE} --seed {wildcards.seed} --model {input.model} "
         "--data {params.data} --out {output} > {log} 2>&1"
 
 
 rule aggregate:
     input:
         metrics=expand(
-            f"{OUT}/metrics/{{model}}/{{metric}}.json",
+            f"{OUT}/seed{{seed}}/metrics/{{model}}/{{metric}}.json",
+            seed=SEEDS,
             model=MODELS,
             metric=["perplexity", "lengths"]
             + [f"reward_{r}" for r in REWARDS]
             + (["lm_eval"] if CFG["evaluation"]["lm_eval"]["enabled"] else []),
         ),
     output:
-        report(TABLE, category="Tables", caption="../report/metrics_table.rst"),
+        table=report(TABLE, category="Tables", caption="../report/metrics_table.rst"),
+        per_seed=f"{OUT}/tables/metrics_per_seed.csv",
     log:
         f"{LOG}/aggregate.log",
     conda:
         CONDA_ENV
     params:
-        metrics=parent("metrics", levels=2),
+        results=parent("metrics", levels=4),
         models=",".join(MODELS),
     shell:
-        "{ENV} {PY} -m evaluation.cli aggregate --config {CONFIG_FILE} --metrics {params.metrics} "
-        "--models {params.models} --out {output} > {log} 2>&1"
+        "{ENV} {PY} -m evaluation.cli aggregate --config {CONFIG_FILE} --results {params.results} "
+        "--models {params.models} --out {output.table} --per-seed {output.per_seed} > {log} 2>&1"

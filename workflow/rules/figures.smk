@@ -18,7 +18,7 @@ rule figure1:
 rule metrics_figure:
     input:
         table=TABLE,
-        samples=expand(f"{OUT}/samples/{{model}}.jsonl", model=MODELS),
+        samples=expand(f"{OUT}/seed{{seed}}/samples/{{model}}.jsonl", seed=SEEDS, model=MODELS),
     output:
         png=report(f"{FIG}/metrics.png", category="Figures", caption="../report/metrics.rst"),
         pdf=f"{FIG}/metrics.pdf",
@@ -27,7 +27,7 @@ rule metrics_figure:
     conda:
         CONDA_ENV
     params:
-        samples=parent("samples"),
+        samples=parent("samples", levels=3),
         models=",".join(MODELS),
     shell:
         "{ENV} {PY} -m evaluation.cli metrics-figure --config {CONFIG_FILE} --table {input.table} "
@@ -35,39 +35,46 @@ rule metrics_figure:
 
 
 rule figure2:
-    """Figure 2 of the paper and its table: the length-constrained L3Ms beside SFT."""
+    """Figure 2 of the paper and its table: the length-constrained L3Ms beside SFT, over the seeds."""
     input:
         metrics=expand(
-            f"{OUT}/metrics/{{model}}/{{m}}.json", model=["sft"] + LENGTH_MODELS, m=["perplexity", "lengths"]
+            f"{OUT}/seed{{seed}}/metrics/{{model}}/{{m}}.json",
+            seed=SEEDS,
+            model=["sft"] + LENGTH_MODELS,
+            m=["perplexity", "lengths"],
         ),
-        samples=expand(f"{OUT}/samples/{{model}}.jsonl", model=["sft"] + LENGTH_MODELS),
-        models=[model_dir(m) for m in LENGTH_MODELS],
+        samples=expand(f"{OUT}/seed{{seed}}/samples/{{model}}.jsonl", seed=SEEDS, model=["sft"] + LENGTH_MODELS),
+        models=[model_dir(m, s) for s in SEEDS for m in LENGTH_MODELS],
     output:
         png=report(f"{FIG}/fig2_length.png", category="Figures", caption="../report/fig2.rst"),
         pdf=f"{FIG}/fig2_length.pdf",
         table=report(f"{OUT}/tables/length_experiment.csv", category="Tables", caption="../report/fig2.rst"),
+        per_seed=f"{OUT}/tables/length_experiment_per_seed.csv",
     log:
         f"{LOG}/figure2.log",
     conda:
         CONDA_ENV
     params:
-        out=parent("metrics", levels=3),
-        models=parent("models"),
+        out=parent("metrics", levels=4),
+        models=parent("models", levels=3),
     shell:
         "{ENV} {PY} -m evaluation.cli figure2 --config {CONFIG_FILE} --results {params.out} "
-        "--models-dir {params.models} --table {output.table} --out {output.png} > {log} 2>&1"
+        "--models-dir {params.models} --table {output.table} --per-seed {output.per_seed} --out {output.png} "
+        "> {log} 2>&1"
 
 
 rule training_curves:
-    """Per L3M run: constraint estimates against bounds, multipliers, mu and task loss per step."""
+    """Per L3M or MM run and seed: constraint estimates against bounds, multipliers, mu and task loss per step."""
     input:
         model_dir("{model}"),
     output:
-        png=report(f"{FIG}/curves/{{model}}.png", category="Training curves", caption="../report/curves.rst"),
-        pdf=f"{FIG}/curves/{{model}}.pdf",
-        log=f"{OUT}/train_logs/{{model}}.jsonl",
+        png=report(
+            f"{seed_out()}/figures/curves/{{model}}.png", category="Training curves", caption="../report/curves.rst"
+        ),
+        pdf=f"{seed_out()}/figures/curves/{{model}}.pdf",
+        log=f"{seed_out()}/train_logs/{{model}}.jsonl",
     log:
-        f"{LOG}/curves_{{model}}.log",
+        f"{LOG}/seed{{seed}}/curves_{{model}}.log",
     conda:
         CONDA_ENV
     shell:
@@ -77,37 +84,65 @@ rule training_curves:
 
 rule two_reward:
     """Figure 3, the Pareto figure and the two-reward table: L3Ms and MMs per constraint point, the
-    mixture grid, DPO and CPO, beside the initialisation model and SFT."""
+    mixture grid, DPO and CPO, beside the initialisation model and SFT, over the seeds."""
     input:
         metrics=expand(
-            f"{OUT}/metrics/{{model}}/{{m}}.json",
+            f"{OUT}/seed{{seed}}/metrics/{{model}}/{{m}}.json",
+            seed=SEEDS,
             model=["base", "sft"] + TWO_MODELS,
             m=["perplexity"] + [f"reward_{r}" for r in TWO["rewards"] + TWO_CHECKS],
         ),
-        models=[model_dir(m) for m in TWO_MODELS],
+        models=[model_dir(m, s) for s in SEEDS for m in TWO_MODELS],
     output:
         png=report(f"{FIG}/fig3_two_reward.png", category="Figures", caption="../report/fig3.rst"),
         pdf=f"{FIG}/fig3_two_reward.pdf",
         pareto=report(f"{FIG}/pareto.png", category="Figures", caption="../report/pareto.rst"),
         pareto_pdf=f"{FIG}/pareto.pdf",
         table=report(f"{OUT}/tables/two_reward.csv", category="Tables", caption="../report/fig3.rst"),
+        per_seed=f"{OUT}/tables/two_reward_per_seed.csv",
     log:
         f"{LOG}/two_reward.log",
     conda:
         CONDA_ENV
     params:
-        out=parent("metrics", levels=3),
-        models=parent("models"),
+        out=parent("metrics", levels=4),
+        models=parent("models", levels=3),
     shell:
         "{ENV} {PY} -m evaluation.cli two-reward --config {CONFIG_FILE} --results {params.out} "
-        "--models-dir {params.models} --table {output.table} --out {output.png} --pareto {output.pareto} > {log} 2>&1"
+        "--models-dir {params.models} --table {output.table} --per-seed {output.per_seed} --out {output.png} "
+        "--pareto {output.pareto} > {log} 2>&1"
+
+
+rule comparisons:
+    """Paired comparisons per constraint point and band: L3M against every other constrained method, the
+    mixture model nearest the point on its Pareto front and SFT; paired intervals over seeds and prompts."""
+    input:
+        metrics=expand(
+            f"{OUT}/seed{{seed}}/metrics/{{model}}/{{m}}.json",
+            seed=SEEDS,
+            model=["sft"] + LENGTH_MODELS + TWO_MODELS,
+            m=["perplexity", "lengths"] + [f"reward_{r}" for r in REWARDS],
+        ),
+    output:
+        table=report(f"{OUT}/tables/comparisons.csv", category="Tables", caption="../report/comparisons.rst"),
+        png=report(f"{FIG}/comparisons.png", category="Figures", caption="../report/comparisons.rst"),
+        pdf=f"{FIG}/comparisons.pdf",
+    log:
+        f"{LOG}/comparisons.log",
+    conda:
+        CONDA_ENV
+    params:
+        out=parent("metrics", levels=4),
+    shell:
+        "{ENV} {PY} -m evaluation.cli comparisons --config {CONFIG_FILE} --results {params.out} "
+        "--table {output.table} --out {output.png} > {log} 2>&1"
 
 
 rule cost_table:
     """The cost claim: per constraint point, each constrained method's whole training chain (L3M: one
-    stage from init; MM: SFT, then MM), from the training jobs' benchmark files."""
+    stage from init; MM: SFT, then MM), per seed, from the training jobs' benchmark files."""
     input:
-        models=[model_dir(m) for m in ["sft"] + POINT_MODELS],
+        models=[model_dir(m, s) for s in SEEDS for m in ["sft"] + POINT_MODELS],
     output:
         table=report(f"{BENCH}/cost.csv", category="Benchmarks", caption="../report/cost.rst"),
     log:
@@ -115,6 +150,7 @@ rule cost_table:
     conda:
         CONDA_ENV
     params:
-        bench=json.dumps({m: train_benchmark(m) for m in ["sft"] + POINT_MODELS}),
+        bench=json.dumps({s: {m: train_benchmark(m, s) for m in ["sft"] + POINT_MODELS} for s in SEEDS}),
+        models=parent("models", levels=3),
     shell:
-        "{ENV} {PY} -m evaluation.cli cost --config {CONFIG_FILE} --bench {params.bench:q} --table {output.table} > {log} 2>&1"
+        "{ENV} {PY} -m evaluation.cli cost --config {CONFIG_FILE} --bench {params.bench:q} --models-dir {params.models} --table {output.table} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Training: one rule for every method of methods/registry.py under its own name (sft, dpo, cpo, ...),
-# one for the experiments' variants (registry `variants`: l3m_len<i>, l3m_pt<i>, mm_pt<i>, mix<j>), and one per
-# reward model. A method starts from the model its registry entry names (base or sft).
+# one for the experiments' variants (registry `variants`: l3m_len<i>, l3m_pt<i>, mm_pt<i>, mix<j>), both once
+# per training seed (config seeds), and one per reward model (shared by every seed). A method starts from
+# the model its registry entry names (base, shared, or sft of the same seed).
 
 
 rule train:
@@ -12,7 +13,7 @@ rule train:
     output:
         directory(model_dir("{method}")),
     log:
-        f"{LOG}/train_{{method}}.log",
+        f"{LOG}/seed{{seed}}/train_{{method}}.log",
     benchmark:
         train_benchmark("{method}")
     wildcard_constraints:
@@ -26,23 +27,24 @@ rule train:
         runtime=TRAIN_TIME,
         gpu=GPUS,
     params:
-        fp=lambda w: train_fingerprint(w.method),
+        fp=lambda w: train_fingerprint(w.method, seed=w.seed),
         data=parent("train"),
+        set=seed_set(None),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {wildcards.method} "
-        "--init {input.init} --data {params.data} --out {output} > {log} 2>&1"
+        "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
 
 
 rule train_variant:
     """A named variant: a method with config overrides (a length band, a constraint point, mixture weights)."""
     input:
-        init=lambda w: model_dir(METHODS[VARIANTS[w.variant][0]].init_from),
+        init=lambda w: model_dir(METHODS[VARIANTS[w.variant][0]].init_from, w.seed),
         train=rules.task_data.output.train,
         extra=lambda w: method_inputs(*VARIANTS[w.variant]),
     output:
         directory(model_dir("{variant}")),
     log:
-        f"{LOG}/train_{{variant}}.log",
+        f"{LOG}/seed{{seed}}/train_{{variant}}.log",
     benchmark:
         train_benchmark("{variant}")
     wildcard_constraints:
@@ -55,10 +57,10 @@ rule train_variant:
         runtime=TRAIN_TIME,
         gpu=GPUS,
     params:
-        fp=lambda w: train_fingerprint(*VARIANTS[w.variant]),
+        fp=lambda w: train_fingerprint(*VARIANTS[w.variant], seed=w.seed),
         data=parent("train"),
         method=lambda w: VARIANTS[w.variant][0],
-        set=lambda w: json.dumps(VARIANTS[w.variant][1]),
+        set=seed_set(lambda w: VARIANTS[w.variant][1]),
     shell:
         "L3M_THREADS={threads} {ENV} {TRAIN_CLI} train --config {CONFIG_FILE} --method {params.method} "
         "--init {input.init} --data {params.data} --out {output} --set {params.set:q} > {log} 2>&1"
