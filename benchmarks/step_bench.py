@@ -116,6 +116,7 @@ def bench_config(args) -> dict:
         "onpolicy": {"sample_prompts": args.prompts, "samples_per_prompt": args.samples,
                      "max_new_tokens": args.new_tokens},
         "mm": {"steps": steps, "save_steps": 10**6, "logging_steps": 10**6},
+        "budget": {"mode": "none"},  # the same steps for both, as given here
         "generation": {"cache": args.cache},
         "experiments": {"length": {"enabled": False}, "two_reward": {"enabled": False}},  # not run here
     }), check_paths=False)

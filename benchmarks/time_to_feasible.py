@@ -170,6 +170,8 @@ def main(argv=None):
                 over["l3m"] = {"steps": steps}
             if method == "mm" and steps:
                 over["mm"] = {"steps": steps}
+            if steps:  # a step count given here replaces the config's budget rule
+                over["budget"] = {"mode": "none"}
             dest = work / f"{method}_pt{i}"
             shutil.rmtree(dest, ignore_errors=True)
             print(f"--- {method} point {i} {pt}", flush=True)

@@ -13,7 +13,7 @@ import seaborn as sns  # noqa: E402
 
 from methods.barrier import relaxed_log_barrier  # noqa: E402
 from methods.core.io import atomic_path  # noqa: E402
-from methods.registry import METHODS, style  # noqa: E402
+from methods.registry import get, style  # noqa: E402
 
 
 def save(fig, png: str | Path) -> list[Path]:
@@ -217,7 +217,7 @@ def _method_styles(df: pd.DataFrame) -> dict[str, tuple[str, str, str]]:
 
 
 def _grid(method: str) -> str | None:
-    return None if method == "base" else METHODS[method].grid
+    return None if method == "base" else get(method).grid  # the registry's current entries (plugins included)
 
 
 def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[str], png: str | Path) -> list[Path]:

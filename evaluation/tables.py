@@ -16,7 +16,8 @@ import pandas as pd
 from evaluation import stats
 from evaluation.lengths import length_stats
 from methods.core.io import read_json, read_jsonl
-from methods.registry import METHODS, budget_of, chain, get, sft_sequences, variants
+from methods import registry
+from methods.registry import budget_of, chain, get, sft_sequences, variants
 
 
 def seed_results(results: str | Path, seed: int) -> Path:
@@ -374,7 +375,7 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
                 if other.method != "l3m":
                     pairs.append((exp, label, l3m[0].name, other.name, get(other.method).label))
             if key == "point":
-                for m in [m for m in METHODS.values() if m.grid == "weights"]:
+                for m in [m for m in registry.METHODS.values() if m.grid == "weights"]:
                     cands = [v.name for v in vs if v.method == m.name]
                     near = _nearest_on_front(cfg, results, seeds, cands, cfg["experiments"]["two_reward"]["points"][where])
                     if near:

@@ -268,9 +268,8 @@ def tune_rows(cfg: dict) -> list[dict]:
     two-reward model of the method (per constraint point, per weight vector, or the single one), with
     that model's overrides and the setting's keys. Rows: variant, method, point, setting, values
     ({"section.key": value}), overrides (the --set of the run, without the seed)."""
+    import copy
     import itertools
-
-    from methods.core.config import deep_merge
 
     rows = []
     models = [v for v in variants(cfg).values() if v.experiment == "two_reward"]
@@ -284,8 +283,11 @@ def tune_rows(cfg: dict) -> list[dict]:
                 setting.setdefault(section, {})[name] = v
             for v in models:
                 if v.method == method:
+                    over = copy.deepcopy(v.overrides or {})
+                    for section, changed in setting.items():
+                        over[section] = {**over.get(section, {}), **changed}
                     rows.append({"variant": v.name, "method": method, "point": v.point, "setting": f"s{i}",
-                                 "values": values, "overrides": deep_merge(v.overrides or {}, setting)})
+                                 "values": values, "overrides": over})
     return rows
 
 

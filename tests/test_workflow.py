@@ -173,13 +173,13 @@ def _dry_run_jobs(stdout):
     """(rule, wildcards) of every job a dry run lists."""
     import re
 
-    jobs, rule = [], None
+    jobs = []
     for line in stdout.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):", line.strip())
         if m:
-            rule = m.group(1)
-        elif line.strip().startswith("wildcards:"):
-            jobs.append((rule, dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))))
+            jobs.append((m.group(1), {}))
+        elif line.strip().startswith("wildcards:") and jobs:
+            jobs[-1][1].update(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
     return jobs
 
 
