@@ -26,32 +26,48 @@ def seed_results(results: str | Path, seed: int) -> Path:
 
 
 def seed_models(models_root: str | Path, model: str, seed: int) -> Path:
-    """A model's folder under resources/<name>/ (the DAG's model_dir): shared models (the base model,
-    reward models) in models/, the trained ones in seed<s>/models/."""
-    shared = model == "base" or model.startswith("rm_")
-    return Path(models_root) / ("models" if shared else f"seed{seed}/models") / model
+    """A model's folder under resources/<name>/ (registry ``model_folder``, the DAG's model_dir)."""
+    return Path(registry.model_folder(models_root, model, seed))
 
 
 def grid(results: str | Path, seeds: list[int], model: str, metric: str) -> np.ndarray:
     """The (seeds, prompts) grid of one model's per-example values: ``nll`` (task NLL of the reference
     response), ``length`` (sampled tokens) or a reward name; the prompts in test order, the same for
     every seed."""
+    return grid_of([seed_results(results, s) / "metrics" / model for s in seeds], seeds, model, metric)
+
+
+def grid_of(dirs: list[Path], seeds: list[int], model: str, metric: str) -> np.ndarray:
+    """``grid`` over explicit metric folders, one per seed (``model`` names them in errors). Task NLL
+    is aligned by example id on the first seed's order."""
     rows, ids = [], None
-    for s in seeds:
-        d = seed_results(results, s) / "metrics" / model
-        if metric == "nll":  # per example by id: aligned on the first seed's order
-            per = read_json(d / "perplexity.json")["per_example"]
+    for s, d in zip(seeds, dirs):
+        if metric == "nll":
+            per = read_json(Path(d) / "perplexity.json")["per_example"]
             ids = ids or list(per)
             if set(per) != set(ids):
                 raise ValueError(f"{model} nll: seed {s} scored other prompts than seed {seeds[0]}")
             rows.append([per[i] for i in ids])
         elif metric == "length":
-            rows.append(read_json(d / "lengths.json")["per_example"])
+            rows.append(read_json(Path(d) / "lengths.json")["per_example"])
         else:
-            rows.append(read_json(d / f"reward_{metric}.json")["per_example"])
+            rows.append(read_json(Path(d) / f"reward_{metric}.json")["per_example"])
     if len({len(r) for r in rows}) != 1:
         raise ValueError(f"{model} {metric}: the seeds {seeds} scored different numbers of prompts")
     return np.asarray(rows, dtype=float)
+
+
+class Grids:
+    """``grid`` read once per (model, metric) for the tables that use the same grid many times."""
+
+    def __init__(self, results: str | Path, seeds: list[int]):
+        self.results, self.seeds, self._cache = results, seeds, {}
+
+    def __call__(self, model: str, metric: str) -> np.ndarray:
+        key = (model, metric)
+        if key not in self._cache:
+            self._cache[key] = grid(self.results, self.seeds, model, metric)
+        return self._cache[key]
 
 
 def _per_seed(build, seeds: list[int]) -> pd.DataFrame:
@@ -320,10 +336,8 @@ def ablation_table_seeds(cfg: dict, results: str | Path, models_dir: str | Path,
                                                   patterns, names), seeds)
     rows = []
     for pat, name in zip(patterns, names):
-        docs = [(read_json(Path(results) / f"seed{s}" / pat / "lengths.json"),
-                 read_json(Path(results) / f"seed{s}" / pat / "perplexity.json")) for s in seeds]
-        lg = np.asarray([d[0]["per_example"] for d in docs], dtype=float)
-        ng = np.asarray([list(d[1]["per_example"].values()) for d in docs], dtype=float)
+        dirs = [Path(results) / f"seed{s}" / pat for s in seeds]
+        lg, ng = grid_of(dirs, seeds, pat, "length"), grid_of(dirs, seeds, pat, "nll")
         row = {"setting": name, "params": pat, "n_seeds": len(seeds), "band_lo": band[0], "band_hi": band[1]}
         _with_interval(row, "len", lg)
         v = stats.verdict(lg, band[0], band[1])
@@ -334,7 +348,7 @@ def ablation_table_seeds(cfg: dict, results: str | Path, models_dir: str | Path,
     return pd.DataFrame(rows), per_seed
 
 
-def _nearest_on_front(cfg: dict, results, seeds, candidates: list[str], point) -> str | None:
+def _nearest_on_front(cfg: dict, grids: Grids, candidates: list[str], point) -> str | None:
     """The model of a weight-grid method (the mixture) on its Pareto front (pooled means) nearest the
     constraint point (Euclidean distance in the two normalised rewards)."""
     from evaluation.figures import pareto_front
@@ -342,7 +356,7 @@ def _nearest_on_front(cfg: dict, results, seeds, candidates: list[str], point) -
     r1, r2 = cfg["experiments"]["two_reward"]["rewards"]
     if not candidates:
         return None
-    means = np.array([[grid(results, seeds, m, r).mean() for r in (r1, r2)] for m in candidates])
+    means = np.array([[grids(m, r).mean() for r in (r1, r2)] for m in candidates])
     front = pareto_front(means)
     return candidates[min(front, key=lambda i: float(np.hypot(*(means[i] - np.asarray(point)))))]
 
@@ -355,6 +369,7 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
     the mean difference (L3M minus the other) over the same seeds and prompts, its paired 95%
     interval (the random-effects interval of the differences), and a sentence to quote."""
     seeds, rewards = cfg["seeds"], cfg["evaluation"]["rewards"]
+    grids = Grids(results, seeds)  # the L3M model's grids serve every pair it is in
     vs = list(variants(cfg).values())
     units = {"nll": "nats/token", "length": "tokens"}
     units.update({r: ("tokens" if cfg["rewards"][r]["type"] == "length" else "std units") for r in rewards})
@@ -377,14 +392,14 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
             if key == "point":
                 for m in [m for m in registry.METHODS.values() if m.grid == "weights"]:
                     cands = [v.name for v in vs if v.method == m.name]
-                    near = _nearest_on_front(cfg, results, seeds, cands, cfg["experiments"]["two_reward"]["points"][where])
+                    near = _nearest_on_front(cfg, grids, cands, cfg["experiments"]["two_reward"]["points"][where])
                     if near:
                         pairs.append((exp, label, l3m[0].name, near, f"{m.label} nearest on its front"))
             pairs.append((exp, label, l3m[0].name, "sft", "SFT"))
     rows = []
     for exp, label, a, b, rel in pairs:
         for metric in metrics:
-            ga, gb = grid(results, seeds, a, metric), grid(results, seeds, b, metric)
+            ga, gb = grids(a, metric), grids(b, metric)
             d, lo, hi = stats.paired(ga, gb)
             where = f"at {label}" if exp == "two_reward" else f"in band {label}"
             sentence = (f"L3M − {rel} ({b}) {names.get(metric, metric)} {where}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] "

@@ -120,6 +120,17 @@ METHODS: dict[str, Method] = {
 }
 
 
+def shared_model(name: str) -> bool:
+    """A model every training seed shares (it defines the task): the base model and the reward models."""
+    return name == "base" or name.startswith("rm_")
+
+
+def model_folder(models_root, name: str, seed="{seed}") -> str:
+    """A model's folder under resources/<name>/ (the DAG's ``model_dir``): the shared ones in
+    models/<model>, the trained ones in seed<seed>/models/<model> (``seed`` a number or the wildcard)."""
+    return f"{models_root}/models/{name}" if shared_model(name) else f"{models_root}/seed{seed}/models/{name}"
+
+
 def register(method: Method) -> Method:
     """Add a method from outside the package: a module named in the environment variable
     ``L3M_BENCH_METHODS`` (comma-separated module names, imported when this registry is) calls this

@@ -11,6 +11,7 @@ sys.path.insert(0, workflow.basedir)
 from methods.core.config import ConfigError, deep_merge, validate_config  # noqa: E402
 from methods.core.rewards import FOLDER_TYPES  # noqa: E402
 from methods.registry import METHODS  # noqa: E402
+from methods.registry import model_folder as registry_model_folder  # noqa: E402
 from methods.registry import tune_rows as registry_tune_rows  # noqa: E402
 from methods.registry import variants as registry_variants  # noqa: E402
 
@@ -148,15 +149,10 @@ def seed_fingerprint(*sections):
     return lambda w: f"{fingerprint(*sections)}@seed{w.seed}"
 
 
-def shared(name):
-    """A model every seed shares: the base model and the reward models."""
-    return name == "base" or name.startswith("rm_")
-
-
 def model_dir(name, seed="{seed}"):
-    """A model's folder: resources/<name>/models/<model> for the shared ones, else
-    resources/<name>/seed<seed>/models/<model> (``seed`` a number or the wildcard)."""
-    return f"{RES}/models/{name}" if shared(name) else f"{RES}/seed{seed}/models/{name}"
+    """A model's folder (registry ``model_folder``): resources/<name>/models/<model> for the shared
+    ones, else resources/<name>/seed<seed>/models/<model> (``seed`` a number or the wildcard)."""
+    return registry_model_folder(RES, name, seed)
 
 
 def seed_out(seed="{seed}"):
