@@ -71,7 +71,7 @@ bench)
   python3 benchmarks/step_bench.py --model .gpu/arch --random-init --device cuda --steps 8 --warmup 2 \
     --out "$b/dynamic" 2>&1 | tee "$b/dynamic.log" | grep -E "^(---|\{|\|)" || true
   python3 benchmarks/step_bench.py --model .gpu/arch --random-init --device cuda --steps 8 --warmup 2 \
-    --cache static --methods l3m,mm --out "$b/static" 2>&1 | tee "$b/static.log" | grep -E "^(---|\{|\|)" || true
+    --cache static --methods l3m,l3m_hf,mm --out "$b/static" 2>&1 | tee "$b/static.log" | grep -E "^(---|\{|\|)" || true
   tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench && rm -rf "$b"
   ;;
 stash)

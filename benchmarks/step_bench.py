@@ -122,7 +122,7 @@ def bench_config(args) -> dict:
     }), check_paths=False)
 
 
-def time_onpolicy(method: str, cfg: dict, model: str, data: str, out: Path, device: str) -> dict:
+def time_onpolicy(method: str, cfg: dict, model: str, data: str, out: Path, device: str, name: str | None = None) -> dict:
     from methods.core.onpolicy import OnPolicyRun
     from methods.registry import get
 
@@ -140,7 +140,7 @@ def time_onpolicy(method: str, cfg: dict, model: str, data: str, out: Path, devi
     try:
         before = peak_reset(device)
         t0 = time.perf_counter()
-        get(method).load().train(cfg, model, str(out / method), data)
+        get(method).load().train(cfg, model, str(out / (name or method)), data)
         mem = peak_mb(device)
     finally:
         OnPolicyRun.step_hooks.remove(hook)
@@ -245,7 +245,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cache", default="dynamic", choices=["dynamic", "static"])
-    p.add_argument("--methods", default="l3m,rloo,grpo,mm")
+    p.add_argument("--methods", default="l3m,rloo,grpo,mm",
+                   help="comma-separated: l3m, l3m_hf (L3M with generation.backend: hf), mm, rloo, grpo")
     args = p.parse_args(argv)
     import torch
 
@@ -266,6 +267,11 @@ def main(argv=None):
         print(f"--- {m}", flush=True)
         if m in ("l3m", "mm"):
             res = time_onpolicy(m, cfg, model, data, work, args.device)
+        elif m == "l3m_hf":  # L3M sampling through transformers' generate (generation.backend: hf)
+            from methods.core.config import deep_merge
+
+            res = time_onpolicy("l3m", deep_merge(cfg, {"generation": {"backend": "hf"}}), model, data, work,
+                                args.device, name=m)
         else:
             res = time_trl(m, cfg, model, data, work, args)
         res["per_step"] = args.prompts * args.samples
@@ -273,6 +279,8 @@ def main(argv=None):
         print(rows[-1], flush=True)
     by = {r["method"]: r for r in rows}
     ratios = {}
+    if "l3m" in by and "l3m_hf" in by:
+        ratios["l3m_hf_over_l3m_step"] = round(by["l3m_hf"]["step_s_median"] / by["l3m"]["step_s_median"], 3)
     for peer in ("rloo", "grpo", "mm"):
         if "l3m" in by and peer in by:
             ratios[f"l3m_over_{peer}_step"] = round(by["l3m"]["step_s_median"] / by[peer]["step_s_median"], 3)
@@ -280,14 +288,21 @@ def main(argv=None):
     doc = {"command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])), "device": device_name(),
            "torch_threads": torch.get_num_threads(), "packages": package_versions(), "n_params": n_params,
            "settings": vars(args), "methods": rows, "ratios": ratios}
-    (out / "step_bench.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_report(out / "step_bench", doc, rows, ratios,
+                 [f"# Step benchmark ({doc['device']}, {n_params / 1e6:.2f}M parameters, {args.prompts} prompts x "
+                  f"{args.samples} samples x {args.new_tokens} new tokens)"])
+
+
+def write_report(stem: Path, doc: dict, rows: list[dict], ratios: dict, header: list[str]) -> None:
+    """``stem``.json (the whole document) and ``stem``.md (the header, the command, one table row per
+    entry of ``rows``, the ratios); the markdown is printed too."""
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    md = [f"# Step benchmark ({doc['device']}, {n_params / 1e6:.2f}M parameters, {args.prompts} prompts x "
-          f"{args.samples} samples x {args.new_tokens} new tokens)", "", f"Command: `{doc['command']}`", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md = header[:1] + ["", f"Command: `{doc['command']}`", ""] + header[1:] + [
+        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     md += ["", "Ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items()), ""]
-    (out / "step_bench.md").write_text("\n".join(md))
+    stem.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -74,6 +74,7 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
         loss, dpo, violation = cpo_loss(m["objective"], m["constraint"], p["beta"], p["tau"], state["lambda"])
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        run.sync_grads()  # several processes (replicated): the averaged gradient (every process has the same batch)
         gnorm = torch.nn.utils.clip_grad_norm_(run.params, p["max_grad_norm"]).item()
         run.check_finite(step, {"grad_norm": gnorm, "loss": loss.item()})
         run.opt.step()

@@ -94,6 +94,7 @@ def l3m_direction(grad_task: torch.Tensor, grads_c: torch.Tensor, c: torch.Tenso
 def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     from tqdm.auto import tqdm
 
+    from methods.core.distributed import phase
     from methods.core.onpolicy import OnPolicyRun, clip_and_get
 
     c, op = cfg["l3m"], cfg["onpolicy"]
@@ -106,63 +107,71 @@ def train(cfg: dict, init_dir: str, out_dir: str, data_dir: str) -> dict:
     bar = tqdm(total=c["steps"], initial=state["step"], desc="l3m", mininterval=5)
     mu, lam, decay = c["mu0"], torch.zeros(len(cons)), mu_decay(c)
     while state["step"] < c["steps"]:
-        run.evaluate_heldout(cons)
+        with phase("heldout"):
+            run.evaluate_heldout(cons)
         step = state["step"]
         mu = mu_at(step, c["mu0"], c["mu_min"], decay, c["mu_every"])
         s = s_fixed if s_fixed is not None else mu * mu
         batch = run.batch(step)
-        task_loss = run.task_loss(batch)  # 1. task NLL on the mini-batch
-        _, samples, r_by = run.sample_and_score(batch, step)  # 2. samples of the current policy, rewards
-        # 3. constraint values (k, n), their EMA estimates and the multipliers
-        g = torch.stack([con.value(r_by[con.reward]) for con in cons])
-        c_batch = run.global_mean(g.mean(-1).detach())  # the estimate over the global batch
-        c_prev = state["ema"]  # the EMA of earlier steps: a baseline independent of this batch's samples
-        state["ema"] = ema_update(state["ema"], c_batch.cpu(), op["ema"])
-        c_hat = state["ema"]
-        lam = multipliers(c_hat, mu, s).float()
-        run.stats.update(c_batch=c_batch.tolist(), c_hat=c_hat.tolist(), lam=lam.tolist())
-        # 4. policy-gradient surrogate for grad C_i
-        logp = run.sample_logprob(run.model, samples)
-        base = pg_baseline(g, op["baseline"], op["samples_per_prompt"], c_prev)
-        barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / barrier_divisor(c, op)
+        with phase("task"):
+            task_loss = run.task_loss(batch)  # 1. task NLL on the mini-batch
+        with phase("sampling"):
+            _, samples, r_by = run.sample_and_score(batch, step)  # 2. samples of the current policy, rewards
+        with phase("barrier"):
+            # 3. constraint values (k, n), their EMA estimates and the multipliers
+            g = torch.stack([con.value(r_by[con.reward]) for con in cons])
+            c_batch = run.global_mean(g.mean(-1).detach())  # the estimate over the global batch
+            c_prev = state["ema"]  # the EMA of earlier steps: a baseline independent of this batch's samples
+            state["ema"] = ema_update(state["ema"], c_batch.cpu(), op["ema"])
+            c_hat = state["ema"]
+            lam = multipliers(c_hat, mu, s).float()
+            run.stats.update(c_batch=c_batch.tolist(), c_hat=c_hat.tolist(), lam=lam.tolist())
+            # 4. policy-gradient surrogate for grad C_i
+            logp = run.sample_logprob(run.model, samples)
+            base = pg_baseline(g, op["baseline"], op["samples_per_prompt"], c_prev)
+            barrier_loss = (lam.to(run.device) * pg_surrogate(logp, g, base)).sum() / barrier_divisor(c, op)
         # 5. combined gradient, clipped jointly or each part separately
         run.opt.zero_grad(set_to_none=True)
         if c["clip"] == "joint":
-            (task_loss + barrier_loss).backward()
-            run.sync_grads()
-            norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(run.params, c["max_grad_norm"]).item()}
+            with phase("task+barrier"):
+                (task_loss + barrier_loss).backward()
+                run.sync_grads()
+                norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(run.params, c["max_grad_norm"]).item()}
         else:
-            task_loss.backward()
-            run.sync_grads()
-            g_task, n_task = clip_and_get(run.params, c["max_grad_norm"])
+            with phase("task"):
+                task_loss.backward()
+                run.sync_grads()
+                g_task, n_task = clip_and_get(run.params, c["max_grad_norm"])
             run.opt.zero_grad(set_to_none=True)
-            barrier_loss.backward()
-            run.sync_grads()
-            g_bar, n_bar = clip_and_get(run.params, c["barrier_max_norm"] or c["max_grad_norm"])
+            with phase("barrier"):
+                barrier_loss.backward()
+                run.sync_grads()
+                g_bar, n_bar = clip_and_get(run.params, c["barrier_max_norm"] or c["max_grad_norm"])
             for p, a, b in zip(run.params, g_task, g_bar):
                 p.grad = a + b
             norms = {"grad_norm_task": n_task, "grad_norm_barrier": n_bar}
-        run.check_finite(step, {**norms, "task_loss": task_loss.item()})
-        run.opt.step()
-        run.sched.step()
-        state["step"] += 1
-        if run.should_log(step, c["logging_steps"]):
-            lengths = torch.tensor([float(x["n_tokens"]) for x in samples], dtype=torch.float64)
-            rec = {"step": step, "mu": mu, "s": s, "barrier_weight": 1.0 / barrier_divisor(c, op),
-                   "task_loss": run.global_mean(task_loss.detach()).item(),
-                   "barrier": barrier_value(c_hat, mu, s), "lr": run.sched.get_last_lr()[0],
-                   "mean_length": run.global_mean(lengths.mean()).item(),
-                   "frac_finished": run.global_mean(torch.tensor([float(x["finished"]) for x in samples], dtype=torch.float64).mean()).item(),
-                   **norms}
-            for i, con in enumerate(cons):
-                rec[f"C_batch[{con.name}]"] = c_batch[i].item()
-                rec[f"C_hat[{con.name}]"] = c_hat[i].item()
-                rec[f"lambda[{con.name}]"] = lam[i].item()
-            for n, r in r_by.items():
-                rec[f"reward[{n}]"] = run.global_mean(r.float().mean()).item()
-            run.log(rec)
-            bar.set_postfix(loss=f"{rec['task_loss']:.3f}", len=f"{rec['mean_length']:.1f}", mu=f"{mu:.3g}")
-        run.maybe_checkpoint(c["save_steps"])
+        with phase("optimiser"):  # the update, the log and the pre-emption check
+            run.check_finite(step, {**norms, "task_loss": task_loss.item()})
+            run.opt.step()
+            run.sched.step()
+            state["step"] += 1
+            if run.should_log(step, c["logging_steps"]):
+                lengths = torch.tensor([float(x["n_tokens"]) for x in samples], dtype=torch.float64)
+                rec = {"step": step, "mu": mu, "s": s, "barrier_weight": 1.0 / barrier_divisor(c, op),
+                       "task_loss": run.global_mean(task_loss.detach()).item(),
+                       "barrier": barrier_value(c_hat, mu, s), "lr": run.sched.get_last_lr()[0],
+                       "mean_length": run.global_mean(lengths.mean()).item(),
+                       "frac_finished": run.global_mean(torch.tensor([float(x["finished"]) for x in samples], dtype=torch.float64).mean()).item(),
+                       **norms}
+                for i, con in enumerate(cons):
+                    rec[f"C_batch[{con.name}]"] = c_batch[i].item()
+                    rec[f"C_hat[{con.name}]"] = c_hat[i].item()
+                    rec[f"lambda[{con.name}]"] = lam[i].item()
+                for n, r in r_by.items():
+                    rec[f"reward[{n}]"] = run.global_mean(r.float().mean()).item()
+                run.log(rec)
+                bar.set_postfix(loss=f"{rec['task_loss']:.3f}", len=f"{rec['mean_length']:.1f}", mu=f"{mu:.3g}")
+            run.maybe_checkpoint(c["save_steps"])
         bar.update(1)
     bar.close()
     run.evaluate_heldout(cons)

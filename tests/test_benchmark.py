@@ -8,14 +8,16 @@ from .conftest import REPO
 
 def test_step_bench_runs_every_method_and_writes_ratios(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "step_bench.py"), "--out", str(tmp_path), "--threads", "1",
-           "--steps", "1", "--warmup", "1", "--prompts", "2", "--samples", "2", "--new-tokens", "6", "--band", "1", "3"]
+           "--steps", "1", "--warmup", "1", "--prompts", "2", "--samples", "2", "--new-tokens", "6", "--band", "1", "3",
+           "--methods", "l3m,rloo,grpo,mm,l3m_hf"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads((tmp_path / "step_bench.json").read_text())
-    assert [r["method"] for r in doc["methods"]] == ["l3m", "rloo", "grpo", "mm"]
+    assert [r["method"] for r in doc["methods"]] == ["l3m", "rloo", "grpo", "mm", "l3m_hf"]
     for r in doc["methods"]:
         assert r["step_s_median"] > 0 and r["peak_mem_mb"] > 100 and 0 < r["mean_sampled_len"] <= 6
     assert doc["ratios"]["l3m_over_rloo_step"] > 0 and "| l3m |" in (tmp_path / "step_bench.md").read_text()
+    assert doc["ratios"]["l3m_hf_over_l3m_step"] > 0
 
 
 def test_step_bench_random_init_needs_only_config_and_tokenizer(tmp_path, micro_model_dir, micro_model):
@@ -32,3 +34,22 @@ def test_step_bench_random_init_needs_only_config_and_tokenizer(tmp_path, micro_
     doc = json.loads((tmp_path / "out" / "step_bench.json").read_text())
     assert doc["n_params"] == sum(x.numel() for x in micro_model.parameters())
     assert doc["methods"][0]["method"] == "l3m" and doc["methods"][0]["mean_sampled_len"] <= 4
+
+
+def test_dist_bench_counts_collectives_per_phase(tmp_path):
+    """benchmarks/dist_bench.py on 2 gloo processes (tiny settings): bucketed averaging is a few
+    all-reduces per backward, gathered FSDP sampling all-gathers each layer once per phase while
+    per-layer gathering does it per decoded token, and a sharded checkpoint stays far below a full
+    one on rank 0."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "dist_bench.py"), "--out", str(tmp_path), "--steps", "1",
+           "--warmup", "0", "--prompts", "2", "--samples", "2", "--batch", "4", "--new-tokens", "6", "--band", "30", "40",
+           "--runs", "ddp_per_tensor,ddp_bucketed,fsdp_per_layer,fsdp_gather"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    by = {r["run"]: r for r in json.loads((tmp_path / "dist_bench.json").read_text())["runs"]}
+    layers = by["fsdp_gather"]["layers"]
+    assert by["ddp_bucketed"]["task_collectives"] <= 2 < by["ddp_per_tensor"]["task_collectives"]
+    assert by["ddp_bucketed"]["task_mb"] == by["ddp_per_tensor"]["task_mb"] > 0  # the same bytes, fewer calls
+    assert by["fsdp_gather"]["sampling_all_gathers"] <= layers + 1
+    assert by["fsdp_per_layer"]["sampling_all_gathers"] >= layers * 2  # at least two forwards (prompt, a token)
+    assert by["fsdp_gather"]["ckpt_peak_mb_rank0"] < by["fsdp_per_layer"]["ckpt_peak_mb_rank0"]

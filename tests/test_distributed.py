@@ -39,11 +39,15 @@ def _same_update(a, b, init):
         assert (wb[k] - w0[k]).abs().max() > 1e-2, k
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, fsdp):
+@pytest.mark.parametrize("fsdp,checkpoint", [(False, "sharded"), (True, "sharded"), (True, "full")],
+                         ids=["ddp", "fsdp", "fsdp-full-checkpoint"])
+def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, fsdp, checkpoint):
     """DDP-style (replicated weights, all-reduced gradients) and FSDP (sharded weights, gradients and
     optimiser state): the same estimates, multipliers and final weights as one process. The FSDP run
-    is also stopped by rank 0's pre-emption flag after step 2 and resumed from its full checkpoint."""
+    is also stopped by rank 0's pre-emption flag after step 2 and resumed from its sharded checkpoint
+    (torch.distributed.checkpoint: one shard file per process, no full state; ``hardware.checkpoint:
+    full``: the full state gathered on rank 0); its training log then equals the uninterrupted
+    one-process run's."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
@@ -57,7 +61,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
             "onpolicy": {"batch_size": 8, "sample_prompts": 4, "samples_per_prompt": 2, "max_new_tokens": 12,
                          "max_length": 96, "eval_every": 2, "eval_prompts": 4}}
     cfgs = {"one": validate_config(deep_merge(micro_cfg, over)),
-            "two": validate_config(deep_merge(micro_cfg, deep_merge(over, {"hardware": {"processes": 2, "fsdp": fsdp}})))}
+            "two": validate_config(deep_merge(micro_cfg, deep_merge(over, {"hardware": {"processes": 2, "fsdp": fsdp,
+                                                                                 "checkpoint": checkpoint}})))}
     for name, cfg in cfgs.items():
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=str(REPO), L3M_THREADS="1", OMP_NUM_THREADS="1")
@@ -72,6 +77,17 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
         part = _launch(args("two"), env, str(tmp_path / "two"), str(tmp_path / "part.json"), stop_at=2)
         assert part.returncode != 0 and "143" in part.stderr + part.stdout, part.stderr[-3000:]
         assert (tmp_path / "two.work" / "state.pt").exists() and not (tmp_path / "two").exists()
+        import torch
+
+        ck = torch.load(tmp_path / "two.work" / "state.pt", weights_only=False)
+        if checkpoint == "sharded":
+            assert "model" not in ck and "opt" not in ck and ck["shards"] == "shards/step2" and ck["world"] == 2
+            shards = sorted(x.name for x in (tmp_path / "two.work" / "shards" / "step2").iterdir())
+            assert sum(x.endswith(".distcp") for x in shards) == 2 and ".metadata" in shards  # one file per rank
+        else:
+            emb = ck["model"]["model.embed_tokens.weight"]  # whole (512 rows), not rank 0's shard (256)
+            assert "shards" not in ck and emb.shape[0] == micro_cfg["base_model"]["pretrain"]["vocab_size"]
+            assert not (tmp_path / "two.work" / "shards").exists()
     two = _launch(args("two"), env, str(tmp_path / "two"), str(tmp_path / "two.json"))
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"two_rank{r}.json").read_text()) for r in (0, 1))
@@ -88,6 +104,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path, micro_cfg, micro_model_dir, 
     rec = json.loads((tmp_path / "two" / "l3m_run.json").read_text())
     assert rec["processes"] == 2 and rec["steps"] == 4
     _same_update(tmp_path / "two", tmp_path / "one", micro_model_dir)  # as one process on the whole batch
+    logs = [[json.loads(x) for x in open(tmp_path / d / "train_log.jsonl")] for d in ("one", "two")]
+    assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[0]] == [0, 1, 2, 3]  # the resumed log is whole
+    for a, b in zip(*logs):
+        for key in a:
+            if key.startswith(("C_", "lambda", "mu", "task_loss", "mean_length")):
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
     # held-out evaluation across processes (with FSDP every process evaluates in step; rank 0 writes)
     ev1, ev2 = ([json.loads(x) for x in open(tmp_path / d / "eval_log.jsonl")] for d in ("one", "two"))
     assert [e["step"] for e in ev2] == [e["step"] for e in ev1] == [0, 2, 4]
@@ -115,3 +137,33 @@ def test_training_rules_launch_through_accelerate(tmp_path):
     log = (tmp_path / "logs" / "micro" / "seed7" / "train_sft.log").read_text()
     assert log.count("sft: 6 steps in") == 2  # both processes trained; one wrote the model
     assert not list((tmp_path / "resources" / "micro").glob("**/*.work"))
+
+
+def test_bucketed_averaging_and_gathered_sampling_on_two_ranks(tmp_path, micro_model_dir):
+    """On 2 gloo processes: gradients averaged in flattened buckets (launched during the backward
+    pass) equal the gradient of the whole batch on one process, in one all-reduce per bucket; FSDP
+    sampling with the layers gathered once draws the same tokens as per-layer gathering and as one
+    process on the whole batch, with one all-gather per layer group for the phase instead of one per
+    layer per token, and no per-token all-reduce."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "tests" / "dist_parts_driver.py"),
+                        str(micro_model_dir), str(tmp_path / "parts")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    for r in (0, 1):
+        res = json.loads((tmp_path / f"parts.rank{r}.json").read_text())
+        assert res["buckets"] >= 3 and res["all_reduces"] == res["buckets"]  # one collective per bucket
+        assert res["launched_during_backward"] == res["buckets"]  # every bucket left during the backward pass
+        assert res["grad_max_abs_err"] < 1e-6 * max(1.0, res["grad_max_abs"])
+        per, gat = res["per_layer"], res["gather"]
+        assert gat["tokens"] == per["tokens"] == res["one"]  # bit-identical draws
+        assert per["n_tokens"] > 2
+        assert gat["all_gathers"] <= res["layers"] + 1 and gat["all_reduces"] == 0
+        assert per["all_gathers"] >= res["layers"] * per["n_tokens"] and per["all_reduces"] >= per["n_tokens"] - 1
+        assert res["gathers_after"] == res["layers"]  # resharded after the phase (the root stays gathered)

@@ -73,3 +73,78 @@ def test_token_sampler_draws_from_softmax_with_top_k_and_top_p():
     n = torch.bincount(pick_tokens(logits, top_p=0.7), minlength=5).float() / 20000
     assert n[2:].sum() == 0 and abs(n[0] - p[0] / p[:2].sum()) < 0.015
     assert pick_tokens(logits[:3], do_sample=False).tolist() == [0, 0, 0]
+
+
+def _sharp(micro_model):
+    """The micro model with its final norm scaled: peaked next-token distributions (a near-uniform one
+    would let a wrong sampler pass a chi-squared test)."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(micro_model)
+    with torch.no_grad():
+        m.model.norm.weight.mul_(6.0)
+    return m
+
+
+def _gof(draws, probs, min_expected=5.0):
+    """Chi-squared goodness of fit of token draws to exact probabilities (categories with fewer than
+    ``min_expected`` expected draws pooled into one)."""
+    import numpy as np
+    from scipy.stats import chisquare
+
+    n = len(draws)
+    counts = np.bincount(draws, minlength=len(probs)).astype(float)
+    big = probs * n >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(probs[big] * n, probs[~big].sum() * n)
+    keep = exp > 0
+    return chisquare(obs[keep], exp[keep] * obs[keep].sum() / exp[keep].sum()).pvalue
+
+
+def test_hf_backend_draws_from_the_same_distribution_as_the_loop(micro_model, micro_tok):
+    """generation.backend hf (transformers' generate) against the project's loop and against the exact
+    softmax: the first token of 4,000 draws each fits softmax(logits) in float64 (goodness of fit), the
+    (first, second) token pairs of the two backends are homogeneous (contingency chi-squared), with
+    both caches; a negative control at temperature 0.7 is rejected, so the test can fail."""
+    import numpy as np
+    import torch
+    from scipy.stats import chi2_contingency
+
+    from methods.core.models import encode_pair
+
+    m = _sharp(micro_model)
+    prompt = "how was your weekend?"
+    ids = torch.tensor([encode_pair(micro_tok, prompt)[0]])
+    with torch.no_grad():
+        exact = torch.softmax(m(input_ids=ids).logits[0, -1].double(), -1).numpy()
+    assert exact.max() > 0.05 and (exact > 1e-3).sum() > 10  # peaked, yet many tokens in play
+
+    def draws(backend, cache, seed, temperature=1.0):
+        gen = dict(max_new_tokens=2, do_sample=True, temperature=temperature, top_p=1.0, top_k=0, batch_size=1000,
+                   cache=cache, backend=backend)
+        out = sample(m, micro_tok, [prompt] * 4000, gen, seed=seed, progress=False)
+        eos = micro_tok.eos_token_id
+        return [tuple((x["response_ids"] + [eos, eos])[:2]) for x in out]
+
+    for cache in ("dynamic", "static"):
+        loop, hf = draws("loop", cache, 11), draws("hf", cache, 12)
+        for name, d in (("loop", loop), ("hf", hf)):
+            assert _gof(np.array([t[0] for t in d]), exact) > 1e-3, (cache, name)
+        pairs = sorted(set(loop) | set(hf))
+        table = np.array([[d.count(p) for p in pairs] for d in (loop, hf)], dtype=float)
+        common = table.sum(0) >= 10
+        table = np.column_stack([table[:, common], table[:, ~common].sum(1)])
+        assert chi2_contingency(table).pvalue > 1e-3, cache
+    cold = draws("hf", "dynamic", 13, temperature=0.7)
+    assert _gof(np.array([t[0] for t in cold]), exact) < 1e-6  # the test tells distributions apart
+
+
+def test_hf_backend_greedy_equals_the_loop(micro_model, micro_tok):
+    greedy = dict(GEN, do_sample=False, temperature=0)
+    for cache in ("dynamic", "static"):
+        a = sample(micro_model, micro_tok, PROMPTS, dict(greedy, cache=cache), seed=0, progress=False)
+        b = sample(micro_model, micro_tok, PROMPTS, dict(greedy, cache=cache, backend="hf"), seed=0, progress=False)
+        assert [x["response_ids"] for x in a] == [x["response_ids"] for x in b], cache
+        assert [x["finished"] for x in a] == [x["finished"] for x in b], cache

@@ -4,11 +4,21 @@ optimiser state are sharded over the processes, each decoder layer all-gathered 
 (7B-class models, whose fp32 weights and AdamW state do not fit one GPU). TRL's trainers get FSDP
 from transformers' own ``fsdp`` training arguments instead (methods/core/models.trainer_hardware).
 
-Every sharded forward is a collective: all processes must run the same number of forward passes
-(the sampler therefore stops only when every process's rows have ended). Checkpoints and the final
-model hold full (unsharded) state dicts, so a model trained with FSDP loads like any other.
+Every sharded forward is a collective: all processes must run the same number of forward passes.
+Sampling therefore gathers each layer once per sampling phase (``gathered``, ``hardware.fsdp_sampling:
+gather``) and keeps the full parameters through the decode loop: no collective per decoded token, and
+each process stops when its own rows have ended. ``per_layer`` keeps FSDP's gather-per-forward (one
+all-gather per layer per token; every process decodes until all rows everywhere have ended) for
+models whose full parameters do not fit beside the shards.
+
+Checkpoints (``hardware.checkpoint: sharded``) are written with torch.distributed.checkpoint: each
+process writes its own shards of the parameters and AdamW state (``save_sharded``/``load_sharded``);
+``full`` gathers them on rank 0 instead (a resume may then change the number of processes). The final
+model is a full HF folder (``full_state``), so a model trained with FSDP loads like any other.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -26,10 +36,42 @@ def shard(model, hardware: dict) -> None:
     if layers is None:
         raise ValueError(f"hardware.fsdp: {type(model).__name__} has no decoder .layers to shard; "
                          f"set hardware.fsdp: false")
-    for layer in layers:
-        fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    for layer in layers:  # resharded after each forward, gathered again for backward
+        fully_shard(layer, reshard_after_forward=True, **kw)
+    # the root group (embeddings, norm, head) stays gathered after forward: backward needs it at once
+    fully_shard(model, reshard_after_forward=False, **kw)
     _route_logprobs(model)
+
+
+def _layer_groups(model) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+
+
+@contextmanager
+def gathered(model):
+    """Keep every layer's parameters gathered from its first forward inside the block to its end: a
+    sampling phase all-gathers each layer group once (the root group is gathered already or once),
+    instead of once per decoded token. Costs one full copy of the parameters per process (in FSDP's
+    parameter dtype: bf16 on CUDA) while the block runs. A no-op on a model that is not sharded."""
+    layers = _layer_groups(model) if is_sharded(model) else []
+    for m in layers:
+        m.set_reshard_after_forward(False, recurse=False)
+    model._l3m_gathered = bool(layers)  # forwards are no longer collectives: no lockstep decoding
+    try:
+        yield
+    finally:
+        model._l3m_gathered = False
+        for m in layers:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def is_sharded(model) -> bool:
+    from methods.core.distributed import is_fsdp
+
+    return is_fsdp(model)
 
 
 def _route_logprobs(model) -> None:
@@ -66,6 +108,29 @@ def full_state(model, opt=None) -> tuple[dict, dict | None]:
     if opt is None:
         return get_model_state_dict(model, options=_options(cpu_offload=True)), None
     return get_state_dict(model, opt, options=_options(cpu_offload=True))
+
+
+def save_sharded(model, opt, path) -> None:
+    """Write this process's shards of the model and optimiser state into the folder ``path``
+    (torch.distributed.checkpoint; a collective: every process calls it). Peak memory per process:
+    its shards, not the whole state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, opt_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=str(path))
+
+
+def load_sharded(model, opt, path) -> None:
+    """Load a checkpoint of ``save_sharded`` into the sharded model and its optimiser (each process
+    reads its own shards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, opt_sd = get_state_dict(model, opt)
+    state = {"model": model_sd, "optim": opt_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def load_optimizer(model, opt, state: dict) -> None:

@@ -16,6 +16,13 @@ race, draws a random number per vocabulary entry, which was 28% of sampling time
 Every sampled token is kept, the pad token included when it is not EOS: a response is exactly
 the tokens drawn up to (not including) EOS. ``cache: static`` preallocates the cache
 (transformers' StaticCache) so that every decode step has the same shapes.
+
+``backend: hf`` hands decoding to transformers' ``generate`` instead (``hf_decode``: the same
+prompts, padding, cache and sampling settings; with ``cache: static`` on a GPU its forward is
+compiled through ``CompileConfig``). It draws from the same distribution (tests/test_generation.py
+checks it with a chi-squared test against the loop) but not the same tokens: ``generate`` draws a
+random number per vocabulary entry (``torch.multinomial``), so its samples depend on the batch and on
+how it is split over processes, while the loop's do not.
 """
 from __future__ import annotations
 
@@ -80,15 +87,13 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
     step_pos = pos[:, -1:] + 1
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    from methods.core.distributed import all_processes_done, is_fsdp
-
-    lockstep = is_fsdp(model)  # sharded forwards are collectives: stop when every process's rows have ended
+    lockstep = collective_forward(model)  # sharded forwards are collectives: stop when every process's rows have ended
     for t in range(max_new_tokens):
         nxt = pick_tokens(out.logits[:, -1], do_sample, temperature, top_p, top_k, rows)
         nxt = nxt.masked_fill(done, pad_id)
         tokens[:, t] = nxt
         done |= nxt == eos_id
-        if t + 1 == max_new_tokens or (all_processes_done(bool(done.all())) if lockstep else bool(done.all())):
+        if t + 1 == max_new_tokens or (_all_done(bool(done.all())) if lockstep else bool(done.all())):
             break
         if cache == "static":
             mask[:, T + t] = 1
@@ -98,6 +103,51 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
                     use_cache=True, cache_position=torch.tensor([T + t], device=dev))
         step_pos = step_pos + 1
     return tokens
+
+
+def collective_forward(model) -> bool:
+    """Whether a forward pass of ``model`` is a collective: an FSDP-sharded model whose layers are not
+    held gathered (methods/core/fsdp.py ``gathered``). Then every process must run as many forwards
+    as the others."""
+    from methods.core.distributed import is_fsdp
+
+    return is_fsdp(model) and not getattr(model, "_l3m_gathered", False)
+
+
+def _all_done(done: bool) -> bool:
+    from methods.core.distributed import all_processes_done
+
+    return all_processes_done(done)
+
+
+@torch.no_grad()
+def hf_decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, eos_id: int, pad_id: int,
+              do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = 0,
+              cache: str = "dynamic") -> torch.Tensor:
+    """``decode`` through transformers' ``generate``: the same (B, N) layout (after a row's EOS its
+    positions hold ``pad_id``). Every generation setting is given explicitly, so the model's own
+    generation_config (repetition penalties, default top_k 50, ...) does not change what is drawn.
+    With ``cache: static`` on CUDA the forward is compiled (``CompileConfig``); a sharded model whose
+    forward is a collective decodes with ``synced_gpus``."""
+    from transformers import CompileConfig, GenerationConfig
+
+    if cache not in ("dynamic", "static"):
+        raise ValueError(f"generation.cache: '{cache}' is not one of dynamic, static")
+    sampling = bool(do_sample) and temperature != 0
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=sampling,
+        temperature=float(temperature) if sampling else 1.0, top_k=(top_k or 0) if sampling else None,
+        top_p=float(top_p) if sampling else 1.0, repetition_penalty=1.0, num_beams=1,
+        eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True,
+        cache_implementation="static" if cache == "static" else None,
+        compile_config=CompileConfig() if cache == "static" and ids.device.type == "cuda" else None)
+    out = model.generate(input_ids=ids, attention_mask=att, generation_config=cfg,
+                         synced_gpus=collective_forward(model))
+    new = out[:, ids.shape[1]:]
+    tokens = torch.full((ids.shape[0], max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
+    tokens[:, :new.shape[1]] = new
+    ended = (tokens == eos_id).long().cumsum(-1)  # positions after a row's first EOS hold the pad token
+    return tokens.masked_fill((ended - (tokens == eos_id).long()) > 0, pad_id)
 
 
 @torch.no_grad()
@@ -132,9 +182,13 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
             ids[i, T - len(e):] = torch.tensor(e)
             att[i, T - len(e):] = 1
         torch.manual_seed(seed + b)
-        new = decode(model, ids.to(device), att.to(device), gen["max_new_tokens"], eos_id=tok.eos_token_id,
+        backend = gen.get("backend", "loop")
+        if backend not in BACKENDS:
+            raise ValueError(f"generation.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+        new = BACKENDS[backend](model, ids.to(device), att.to(device), gen["max_new_tokens"], eos_id=tok.eos_token_id,
                      pad_id=tok.pad_token_id, do_sample=gen["do_sample"], temperature=gen["temperature"],
-                     top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"), rows=rows)
+                     top_p=gen["top_p"], top_k=gen["top_k"], cache=gen.get("cache", "dynamic"),
+                     **({"rows": rows} if backend == "loop" else {}))
         for i, row in enumerate(new.tolist()):
             finished = tok.eos_token_id in row
             # unfinished: decoding ran all max_new_tokens steps, so every position is a drawn token
@@ -144,3 +198,6 @@ def sample(model, tok, prompts: list[str], gen: dict, seed: int, progress: bool 
                         "prompt_ids": enc[i]})
     model.train(was_training)
     return out
+
+
+BACKENDS = {"loop": decode, "hf": hf_decode}  # generation.backend

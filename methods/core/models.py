@@ -191,7 +191,10 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", fo
                                 f"rerun the rule that builds it")
     try:
         tok = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        # on CUDA the weights stream from the files to the GPU (device_map) instead of through a full
+        # host copy per process: 8 FSDP processes of a 7B model would otherwise hold 8 x 28 GB of host memory
+        kw = {"device_map": device} if str(device).startswith("cuda") else {}
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), **kw)
     except Exception as e:  # safetensors, json and config errors: all mean the folder cannot be used
         if not p.exists():
             raise

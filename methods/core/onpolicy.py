@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from methods.core.distributed import barrier, init_distributed, split_errors
+from methods.core.distributed import GradReducer, barrier, init_distributed, phase, split_errors
 
 
 def sequences(tok, samples: list[dict], ctx: int) -> tuple[list[list[int]], list[int]]:
@@ -89,7 +89,7 @@ class OnPolicyRun:
         self.work = prepare_work_dir(Path(str(out_dir) + ".work"), cfg)
         self.model, self.tok = load_model(init_dir, device=self.device, for_training=True)
         ck = torch.load(self.work / "state.pt", weights_only=False) if (self.work / "state.pt").exists() else None
-        if ck is not None:
+        if ck is not None and "model" in ck:  # a full checkpoint: loaded before any sharding
             self.model.load_state_dict(ck["model"])
         hw = cfg["hardware"]
         if hw["gradient_checkpointing"] and self.device != "cpu":
@@ -108,8 +108,10 @@ class OnPolicyRun:
         self.task_ctx = min(self.ctx, self.s["max_length"])
         self.gen = {"max_new_tokens": self.s["max_new_tokens"], "do_sample": True, "temperature": self.s["temperature"],
                     "top_p": 1.0, "top_k": 0, "batch_size": self.s["sample_prompts"] * self.s["samples_per_prompt"],
-                    "cache": cfg["generation"]["cache"]}
+                    "cache": cfg["generation"]["cache"], "backend": cfg["generation"]["backend"]}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # replicated weights on several processes: bucketed gradient all-reduce overlapped with backward
+        self.reducer = GradReducer(self.params, self.world, hw["grad_bucket_mb"]) if self.world > 1 and not self.fsdp else None
         cuda = str(self.device).startswith("cuda")
         # on CUDA: the fused AdamW kernel, and bf16 autocast (hardware.bf16; FSDP has its own policy)
         # the optimiser: the caller's settings (CPO's own section), else onpolicy's (L3M, MM)
@@ -121,8 +123,15 @@ class OnPolicyRun:
         self.sched = get_scheduler(scheduler or self.s["scheduler"], self.opt, num_warmup_steps=warm, num_training_steps=steps)
         self.state = {"step": 0, "order": None, **extra_state}
         self.rng = random.Random(cfg["seed"])
-        if ck is not None:  # resume (the weights are loaded above, before any sharding)
-            if self.fsdp:
+        if ck is not None:  # resume (full weights are loaded above, before any sharding)
+            if "shards" in ck:  # each process reads its shards of the weights and AdamW state
+                from methods.core.fsdp import load_sharded
+
+                if not self.fsdp:
+                    raise ValueError(f"{self.work}: the checkpoint is sharded over {ck.get('world')} FSDP processes; "
+                                     f"resume with hardware.fsdp: true, or delete {self.work} to start again")
+                load_sharded(self.model, self.opt, self.work / ck["shards"])
+            elif self.fsdp:
                 from methods.core.fsdp import load_optimizer
 
                 load_optimizer(self.model, self.opt, ck["opt"])
@@ -183,7 +192,7 @@ class OnPolicyRun:
         n, k = len(prompts), len(prompts) // self.world  # this process samples prompts k*rank .. k*(rank+1)
         prompts = prompts[self.rank * k:(self.rank + 1) * k]
         t0 = time.perf_counter()
-        with self.autocast():
+        with self.autocast(), self.gathered():
             samples = sample(self.model, self.tok, prompts, self.gen, seed=self.cfg["seed"] * 100003 + step,
                              progress=False, rows=(self.rank * k, n), context=self.ctx)
         self.stats.update(sample_s=time.perf_counter() - t0, sampled_tokens=sum(x["n_tokens"] for x in samples))
@@ -203,6 +212,17 @@ class OnPolicyRun:
         with self.autocast():
             return sample_logprob(model, self.tok, samples, self.ctx, self.device,
                                   mean=self.s["pg_estimator"] == "length_normalized", temperature=self.s["temperature"])
+
+    def gathered(self):
+        """With FSDP and ``hardware.fsdp_sampling: gather``: the layers stay gathered through the block
+        (methods/core/fsdp.py ``gathered``: one all-gather per layer per sampling phase)."""
+        from contextlib import nullcontext
+
+        if self.fsdp and self.cfg["hardware"]["fsdp_sampling"] == "gather":
+            from methods.core.fsdp import gathered
+
+            return gathered(self.model)
+        return nullcontext()
 
     def autocast(self):
         """bf16 autocast for forward passes on CUDA with hardware.bf16 (weights and AdamW stay fp32)."""
@@ -246,7 +266,8 @@ class OnPolicyRun:
 
         prompts = [r["prompt"] for r in self.eval_rows]
         cuda = str(self.device).startswith("cuda")
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []), torch.no_grad():
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []), torch.no_grad(), \
+                self.gathered():
             with self.autocast():
                 samples = sample(self.model, self.tok, prompts, self.cfg["generation"], seed=self.cfg["seed"],
                                  progress=False)
@@ -282,16 +303,11 @@ class OnPolicyRun:
         return t
 
     def sync_grads(self) -> None:
-        """Average the gradients over processes (what DDP does), before any clipping. With FSDP the
-        backward pass has already reduce-scattered (averaged) them."""
-        if self.world == 1 or self.fsdp:
-            return
-        import torch.distributed as dist
-
-        for p in self.params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        """Average the gradients over processes (what DDP does), before any clipping: after every
+        backward pass (methods/core/distributed.py ``GradReducer``: buckets launched during the
+        backward, waited here). With FSDP the backward pass has already reduce-scattered them."""
+        if self.reducer is not None:
+            self.reducer.wait()
 
     def check_finite(self, step: int, values: dict) -> None:
         from methods.core.preempt import require_finite
@@ -330,21 +346,39 @@ class OnPolicyRun:
                                     f"{self.work}; rerun to resume")
 
     def save_checkpoint(self) -> None:
+        """state.pt: the scheduler, the trainer's state and the RNGs, with the full weights and AdamW
+        state (one process; FSDP with ``hardware.checkpoint: full``: gathered on rank 0), or with the
+        name of the folder the FSDP processes wrote their shards into (``sharded``: shards/step<N>,
+        written before state.pt points to it; older folders are removed after)."""
+        import shutil
+
         from methods.core.io import atomic_path
 
-        if self.fsdp:  # gather the full state (a collective), rank 0 writes it
-            from methods.core.fsdp import full_state
+        with phase("checkpoint"):
+            weights = {}
+            if self.fsdp and self.cfg["hardware"]["checkpoint"] == "sharded":
+                from methods.core.fsdp import save_sharded
 
-            model_sd, opt_sd = full_state(self.model, self.opt)
-        elif self.rank == 0:
-            model_sd, opt_sd = self.model.state_dict(), self.opt.state_dict()
-        if self.rank > 0:
-            return
-        self.state["elapsed_s"] = self.elapsed()
-        with atomic_path(self.work / "state.pt") as tmp:
-            torch.save({"model": model_sd, "opt": opt_sd,
-                        "sched": self.sched.state_dict(), "state": self.state, "py_rng": self.rng.getstate(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
+                name = f"shards/step{self.state['step']}"
+                save_sharded(self.model, self.opt, self.work / name)
+                barrier()  # every shard is on disk before state.pt names the folder
+                weights = {"shards": name, "world": self.world}
+            elif self.fsdp:  # gather the full state (a collective), rank 0 writes it
+                from methods.core.fsdp import full_state
+
+                model_sd, opt_sd = full_state(self.model, self.opt)
+                weights = {"model": model_sd, "opt": opt_sd}
+            elif self.rank == 0:
+                weights = {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+            if self.rank > 0:
+                return
+            self.state["elapsed_s"] = self.elapsed()
+            with atomic_path(self.work / "state.pt") as tmp:
+                torch.save({**weights, "sched": self.sched.state_dict(), "state": self.state,
+                            "py_rng": self.rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
+            for old in (self.work / "shards").glob("step*") if (self.work / "shards").exists() else []:
+                if f"shards/{old.name}" != weights.get("shards"):
+                    shutil.rmtree(old, ignore_errors=True)
 
     def flag_feasible(self, estimates: dict) -> bool:
         """Whether every constraint estimate is met (<= 0) at the end. An infeasible run is not an

@@ -1,0 +1,90 @@
+"""Pieces of the distributed path on 2 gloo processes (launched by tests/test_distributed.py under
+torchrun): bucketed gradient averaging against the gradient of the whole batch on one process, and
+FSDP sampling with layers gathered once against per-layer gathering and against one process."""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def counting():
+    """Count torch.distributed's all_reduce / all-gather calls (FSDP2 all-gathers through all_gather_single)."""
+    import torch.distributed as dist
+
+    counts = {"all_reduce": 0, "all_gather": 0}
+    for name, key in (("all_reduce", "all_reduce"), ("all_gather_single", "all_gather"),
+                      ("all_gather_into_tensor", "all_gather")):
+        fn = getattr(dist, name)
+
+        def wrapped(*a, _fn=fn, _key=key, **kw):
+            counts[_key] += 1
+            return _fn(*a, **kw)
+
+        setattr(dist, name, wrapped)
+    return counts
+
+
+def main(model_dir, out):
+    import torch
+    import torch.distributed as dist
+
+    from methods.core.distributed import GradReducer, init_distributed
+    from methods.core.fsdp import gathered, shard
+    from methods.core.generation import sample
+    from methods.core.models import load_model
+
+    world, rank, _ = init_distributed("cpu")
+    counts = counting()
+    res = {"rank": rank}
+    # 1. bucketed averaging: each process its half of a batch; the reference: the whole batch on this process
+    model, tok = load_model(model_dir, for_training=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    x = torch.randint(3, 500, (4, 9))
+
+    def loss_of(rows):
+        return model(input_ids=rows, labels=rows).loss
+
+    loss_of(x).backward()  # the mean over both halves' (equal-length) rows: what averaging must give
+    full = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    reducer = GradReducer(params, world, bucket_mb=0.004)  # small buckets: several per backward
+    before = counts["all_reduce"]
+    loss_of(x[rank * 2:(rank + 1) * 2]).backward()
+    res["launched_during_backward"] = counts["all_reduce"] - before
+    reducer.wait()
+    res["buckets"] = len(reducer.buckets)
+    res["all_reduces"] = counts["all_reduce"] - before
+    res["grad_max_abs_err"] = max((p.grad - g).abs().max().item() for p, g in zip(params, full))
+    res["grad_max_abs"] = max(g.abs().max().item() for g in full)
+    # 2. FSDP sampling: per-layer gathering, gathered once, and one process on the whole batch
+    gen = dict(max_new_tokens=12, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, batch_size=4)
+    prompts = ["hi", "how was your weekend?", "tell me about your dog", "ok"]
+    one = sample(load_model(model_dir)[0], tok, prompts, gen, seed=5, progress=False)
+    sharded = load_model(model_dir)[0]
+    shard(sharded, {"device": "cpu"})
+    mine = prompts[rank * 2:(rank + 1) * 2]
+    for mode in ("per_layer", "gather"):
+        counts["all_gather"], counts["all_reduce"] = 0, 0
+        if mode == "gather":
+            with gathered(sharded):
+                got = sample(sharded, tok, mine, dict(gen, batch_size=2), seed=5, progress=False, rows=(rank * 2, 4))
+        else:
+            got = sample(sharded, tok, mine, dict(gen, batch_size=2), seed=5, progress=False, rows=(rank * 2, 4))
+        res[mode] = {"tokens": [g["response_ids"] for g in got], "all_gathers": counts["all_gather"],
+                     "all_reduces": counts["all_reduce"], "n_tokens": max(g["n_tokens"] for g in got)}
+    res["one"] = [g["response_ids"] for g in one[rank * 2:(rank + 1) * 2]]
+    res["layers"] = len(sharded.get_decoder().layers)
+    # after the block the layers are sharded again: a forward gathers each once more
+    counts["all_gather"] = 0
+    with torch.no_grad():
+        sharded(input_ids=x[:1])
+    res["gathers_after"] = counts["all_gather"]
+    Path(f"{out}.rank{rank}.json").write_text(json.dumps(res))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
