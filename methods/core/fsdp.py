@@ -55,7 +55,9 @@ def gathered(model):
     sampling phase all-gathers each layer group once (the root group is gathered already or once),
     instead of once per decoded token. Costs one full copy of the parameters per process (in FSDP's
     parameter dtype: bf16 on CUDA) while the block runs. A no-op on a model that is not sharded."""
-    layers = _layer_groups(model) if is_sharded(model) else []
+    from methods.core.distributed import is_fsdp
+
+    layers = _layer_groups(model) if is_fsdp(model) else []
     for m in layers:
         m.set_reshard_after_forward(False, recurse=False)
     model._l3m_gathered = bool(layers)  # forwards are no longer collectives: no lockstep decoding
@@ -67,11 +69,6 @@ def gathered(model):
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
 
-
-def is_sharded(model) -> bool:
-    from methods.core.distributed import is_fsdp
-
-    return is_fsdp(model)
 
 
 def _route_logprobs(model) -> None:
