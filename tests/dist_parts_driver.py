@@ -9,21 +9,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def counting():
-    """Count torch.distributed's all_reduce / all-gather calls (FSDP2 all-gathers through all_gather_single)."""
-    import torch.distributed as dist
-
-    counts = {"all_reduce": 0, "all_gather": 0}
-    for name, key in (("all_reduce", "all_reduce"), ("all_gather_single", "all_gather"),
-                      ("all_gather_into_tensor", "all_gather")):
-        fn = getattr(dist, name)
-
-        def wrapped(*a, _fn=fn, _key=key, **kw):
-            counts[_key] += 1
-            return _fn(*a, **kw)
-
-        setattr(dist, name, wrapped)
-    return counts
+def calls(counter, kind: str) -> int:
+    """``all_reduce`` or ``all_gather`` calls a dist_bench ``Counter`` saw since its last ``take()``
+    (FSDP2 all-gathers through all_gather_single)."""
+    return sum(n for (_, fn), (n, _) in counter.counts.items() if fn.startswith(kind))
 
 
 def main(model_dir, out):
@@ -36,7 +25,10 @@ def main(model_dir, out):
     from methods.core.models import load_model
 
     world, rank, _ = init_distributed("cpu")
-    counts = counting()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dist_bench import Counter
+
+    counter = Counter()  # wraps torch.distributed's collectives
     res = {"rank": rank}
     # 1. bucketed averaging: each process its half of a batch; the reference: the whole batch on this process
     model, tok = load_model(model_dir, for_training=True)
@@ -51,12 +43,12 @@ def main(model_dir, out):
     full = [p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)
     reducer = GradReducer(params, world, bucket_mb=0.004)  # small buckets: several per backward
-    before = counts["all_reduce"]
+    before = calls(counter, "all_reduce")
     loss_of(x[rank * 2:(rank + 1) * 2]).backward()
-    res["launched_during_backward"] = counts["all_reduce"] - before
+    res["launched_during_backward"] = calls(counter, "all_reduce") - before
     reducer.wait()
     res["buckets"] = len(reducer.buckets)
-    res["all_reduces"] = counts["all_reduce"] - before
+    res["all_reduces"] = calls(counter, "all_reduce") - before
     res["grad_max_abs_err"] = max((p.grad - g).abs().max().item() for p, g in zip(params, full))
     res["grad_max_abs"] = max(g.abs().max().item() for g in full)
     # 2. FSDP sampling: per-layer gathering, gathered once, and one process on the whole batch
@@ -67,21 +59,21 @@ def main(model_dir, out):
     shard(sharded, {"device": "cpu"})
     mine = prompts[rank * 2:(rank + 1) * 2]
     for mode in ("per_layer", "gather"):
-        counts["all_gather"], counts["all_reduce"] = 0, 0
+        counter.take()
         if mode == "gather":
             with gathered(sharded):
                 got = sample(sharded, tok, mine, dict(gen, batch_size=2), seed=5, progress=False, rows=(rank * 2, 4))
         else:
             got = sample(sharded, tok, mine, dict(gen, batch_size=2), seed=5, progress=False, rows=(rank * 2, 4))
-        res[mode] = {"tokens": [g["response_ids"] for g in got], "all_gathers": counts["all_gather"],
-                     "all_reduces": counts["all_reduce"], "n_tokens": max(g["n_tokens"] for g in got)}
+        res[mode] = {"tokens": [g["response_ids"] for g in got], "all_gathers": calls(counter, "all_gather"),
+                     "all_reduces": calls(counter, "all_reduce"), "n_tokens": max(g["n_tokens"] for g in got)}
     res["one"] = [g["response_ids"] for g in one[rank * 2:(rank + 1) * 2]]
     res["layers"] = len(sharded.get_decoder().layers)
     # after the block the layers are sharded again: a forward gathers each once more
-    counts["all_gather"] = 0
+    counter.take()
     with torch.no_grad():
         sharded(input_ids=x[:1])
-    res["gathers_after"] = counts["all_gather"]
+    res["gathers_after"] = calls(counter, "all_gather")
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(res))
     dist.destroy_process_group()
 

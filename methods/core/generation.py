@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import all_processes_done, is_fsdp
 from .models import encode_pair
 
 
@@ -93,7 +94,7 @@ def decode(model, ids: torch.Tensor, att: torch.Tensor, max_new_tokens: int, *, 
         nxt = nxt.masked_fill(done, pad_id)
         tokens[:, t] = nxt
         done |= nxt == eos_id
-        if t + 1 == max_new_tokens or (_all_done(bool(done.all())) if lockstep else bool(done.all())):
+        if t + 1 == max_new_tokens or (all_processes_done(bool(done.all())) if lockstep else bool(done.all())):
             break
         if cache == "static":
             mask[:, T + t] = 1
@@ -109,15 +110,7 @@ def collective_forward(model) -> bool:
     """Whether a forward pass of ``model`` is a collective: an FSDP-sharded model whose layers are not
     held gathered (methods/core/fsdp.py ``gathered``). Then every process must run as many forwards
     as the others."""
-    from methods.core.distributed import is_fsdp
-
     return is_fsdp(model) and not getattr(model, "_l3m_gathered", False)
-
-
-def _all_done(done: bool) -> bool:
-    from methods.core.distributed import all_processes_done
-
-    return all_processes_done(done)
 
 
 @torch.no_grad()
