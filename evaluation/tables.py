@@ -285,7 +285,8 @@ def length_table_seeds(cfg: dict, results: str | Path, models_root: str | Path
 def two_reward_table_seeds(cfg: dict, results: str | Path, models_root: str | Path
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Figure 3's table over the seeds and the per-seed one. Per model: both rewards (and their
-    checks, with the gap) as grid means with 95% intervals; for a constrained model the verdict on its
+    checks, with the gap and its paired interval: both score the same samples) as grid means with
+    95% intervals; for a constrained model the verdict on its
     point (both one-sided 95% bounds; met / violated / undecided) and the share of seeds whose means
     meet it; for every model the points it meets by that rule (``points_met``) and those undecided;
     task NLL with its interval; mixture weights; the share of seeds whose training ended feasible."""
@@ -307,7 +308,7 @@ def two_reward_table_seeds(cfg: dict, results: str | Path, models_root: str | Pa
                 gc = grid(results, seeds, model, check)
                 row[f"{k}_check"] = check
                 _with_interval(row, f"{k}_check", gc)
-                row[f"{k}_gap"] = float(g.mean() - gc.mean())
+                row[f"{k}_gap"], row[f"{k}_gap_lo"], row[f"{k}_gap_hi"] = stats.paired(g, gc)  # same samples
         per_point = []
         for i, (b1, b2) in enumerate(points):
             v1, v2 = stats.verdict(g1, lo=b1), stats.verdict(g2, lo=b2)

