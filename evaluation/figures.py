@@ -224,7 +224,7 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
     """Figure 3 of the paper. Left: mean reward 1 vs mean reward 2 per model, each constraint point,
     dotted lines from every constrained model to its point, the feasible quadrant of point ``shade``
     shaded; error bars: 95% intervals over seeds and prompts. Middle: task NLL with its 95% interval of
-    every constrained method per constraint point, labelled with the verdict. Which model is
+    every constrained method per constraint point, labelled with the verdict and the seeds whose means meet the point. Which model is
     which method, and at which point, is the table's ``method`` and ``point`` columns; styles are the
     registry's."""
     sns.set_theme(style="whitegrid", context="paper")
@@ -270,14 +270,15 @@ def figure3_two_reward(df: pd.DataFrame, points: list, shade: int, labels: list[
         bx.errorbar(sub["point"].astype(float) + dx, sub["nll_mean"], yerr=err(sub, "nll"), fmt=marker, color=color,
                     capsize=3, label=name)
         for _, r in sub.iterrows():
-            bx.annotate(str(r.get("verdict", ""))[:4], (float(r["point"]) + dx, r["nll_hi"]), textcoords="offset points",
+            seeds = f"\n{r['seeds_met'] * r['n_seeds']:.0f}/{r['n_seeds']:.0f} seeds" if pd.notna(r.get("seeds_met")) else ""
+            bx.annotate(f"{r.get('verdict', '')}{seeds}", (float(r["point"]) + dx, r["nll_hi"]), textcoords="offset points",
                         xytext=(0, 3), ha="center", fontsize=6, color=color)
     for kind in ("sft", "base"):
         row = df[df["model"] == kind]
         if len(row):
             bx.axhline(row["nll_mean"].iloc[0], ls="--", color=style(kind)[2], lw=1, label=f"{style(kind)[0]} (mean)")
     bx.set(xlabel="constraint point", ylabel="task NLL, nats/token (mean, 95% interval)",
-           title="Task NLL per point (label: verdict)",
+           title="Task NLL per point (label: verdict, seeds meeting it)",
            xticks=list(range(len(points))), xticklabels=[f"p{i}\n({a:g}, {b:g})" for i, (a, b) in enumerate(points)])
     bx.legend(fontsize=7)
     if checked:
