@@ -110,6 +110,25 @@ def test_encoder_inputs_keep_cls_and_sep_when_truncated(tiny_encoder):
     assert short == tok(R.HH_FORMAT.format(prompt="hi", response="good"))["input_ids"]  # the tokenizer's own
 
 
+@pytest.mark.parametrize("bucket", [0, 3, 8])
+def test_bucketed_scores_equal_each_sequence_scored_alone(tiny_encoder, bucket):
+    """score_ids in length-sorted buckets (or input order) returns, in input order, what the
+    classifier gives each sequence on its own with no padding at all: the ground truth that padding
+    and reordering must not change."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1).eval()
+    rng = np.random.default_rng(3)
+    seqs = [R.rm_encode(tok, "hello", " ".join(rng.choice(WORDS, int(n))), 60) for n in rng.integers(1, 40, 11)]
+    assert len({len(q) for q in seqs}) > 5  # lengths differ, so buckets pad differently from one batch
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([q])).logits[:, 0] for q in seqs])
+    got = R.score_ids(model, seqs, tok.pad_token_id, batch_size=4, bucket=bucket)
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+
+
 KNOWN = ["I love this, it is wonderful!", "This is terrible and I hate it.", "The meeting is at noon.",
          "you are a stupid idiot", "have a lovely day, friend", ""]
 
@@ -318,3 +337,33 @@ def test_the_helpful_harmless_experiment_runs_on_the_micro_sizes(tmp_path):
     assert m["unit"] == "std units of the reference set" and len(m["per_example"]) == 16
     for fig in ("fig3_two_reward", "pareto"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+
+
+def test_rm_score_bench_reports_the_padding_it_saves(tiny_encoder, tmp_path):
+    """benchmarks/rm_score_bench.py on the tiny encoder: per setting the tokens the model read (the
+    unpadded total for every setting, padded counts between it and one padded batch's), score
+    differences at float rounding, and the ratios the README quotes."""
+    import json as _json
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks import rm_score_bench
+
+    rm = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_encoder, num_labels=1).save_pretrained(rm)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(rm)
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": "hello", "response": " ".join(rng.choice(WORDS, int(n)))} for n in rng.integers(1, 30, 24)]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    rm_score_bench.main(["--rm", str(rm), "--samples", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "o"),
+                         "--batch", "8", "--eval-batch", "16", "--buckets", "4", "--repeats", "1", "--max-length", "60"])
+    doc = _json.loads((tmp_path / "o" / "rm_score_bench.json").read_text())
+    tok = AutoTokenizer.from_pretrained(rm)
+    real = sum(len(R.rm_encode(tok, r["prompt"], r["response"], 60)) for r in rows)
+    by = {(r["mode"], r["bucket"]): r for r in doc["rows"]}
+    for mode in ("train", "eval"):
+        full, buck = by[(mode, 0)], by[(mode, 4)]
+        assert full["real_tokens"] == buck["real_tokens"] == real
+        assert real <= buck["padded_tokens"] < full["padded_tokens"]
+        assert buck["max_abs_diff_vs_bucket0"] < 1e-5
+    assert set(doc["ratios"]) == {"train_bucket4_over_bucket0", "eval_bucket4_over_bucket0"}

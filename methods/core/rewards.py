@@ -98,20 +98,28 @@ def _special_frame(tok) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
-def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Raw reward-model scores (logit 0 at the last real token) of id sequences, right-padded."""
+def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64, bucket: int = 4) -> torch.Tensor:
+    """Raw reward-model scores (logit 0 at the last real token) of id sequences, right-padded, in
+    input order. ``bucket`` > 0: the sequences are scored in length-sorted batches of at most
+    ``min(batch_size, bucket)``, so a batch pads to its own longest sequence (on the default's
+    samples, padding a batch of 32 to its longest doubles the tokens scored, and buckets of 4 score a
+    training step's 32 samples in 0.54x the time on CPU: results/benchmarks/cpu_rm_score/).
+    ``bucket`` 0: batches of ``batch_size`` in input order. The scores agree to float rounding."""
     from .logprobs import pad_right
 
     device = next(model.parameters()).device
     was = model.training
     model.eval()
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        ids, att, _ = pad_right(seqs[i:i + batch_size], pad_id)
+    n = min(batch_size, bucket) if bucket > 0 else batch_size
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i])) if bucket > 0 else list(range(len(seqs)))
+    scores = torch.zeros(len(seqs))
+    for i in range(0, len(seqs), n):
+        idx = order[i:i + n]
+        ids, att, _ = pad_right([seqs[j] for j in idx], pad_id)
         # HF's sequence-classification heads read the last non-pad token (config.pad_token_id must be set)
-        out.append(model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float().cpu())
+        scores[idx] = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float().cpu()
     model.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
+    return scores
 
 
 def read_norm(path: Path) -> tuple[float, float]:
@@ -127,12 +135,15 @@ class HFClassifierReward(Reward):
     unit = "reward-model units"
 
     def __init__(self, name: str, path: str, max_length: int = 512, normalize: bool = True,
-                 device: str = "cpu", batch_size: int = 64):
+                 device: str = "cpu", batch_size: int = 64, bucket: int | None = None):
         from transformers import AutoModelForSequenceClassification
 
         from .models import load_tokenizer
 
         self.name, self.path, self.batch_size, self.device = name, path, batch_size, device
+        # length-sorted buckets (score_ids): small ones on CPU, where tokens cost time; whole sorted batches
+        # on an accelerator, where a call's fixed cost dominates
+        self.bucket = bucket if bucket is not None else (4 if str(device) == "cpu" else batch_size)
         p = Path(str(path))
         if (str(path).startswith((".", "/", "resources")) or p.exists()) and not (p / "config.json").exists():
             raise FileNotFoundError(f"reward {name!r}: model folder {path} is missing or incomplete (no config.json); "
@@ -152,7 +163,7 @@ class HFClassifierReward(Reward):
 
     def score(self, prompts, responses, response_ids=None):
         seqs = [rm_encode(self.tok, p, r, self.max_length) for p, r in zip(prompts, responses)]
-        s = score_ids(self.model, seqs, self.tok.pad_token_id, self.batch_size)
+        s = score_ids(self.model, seqs, self.tok.pad_token_id, self.batch_size, self.bucket)
         return (s - self.mean) / self.std
 
 
