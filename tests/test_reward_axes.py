@@ -110,7 +110,7 @@ def test_encoder_inputs_keep_cls_and_sep_when_truncated(tiny_encoder):
     assert short == tok(R.HH_FORMAT.format(prompt="hi", response="good"))["input_ids"]  # the tokenizer's own
 
 
-@pytest.mark.parametrize("bucket", [0, 3, 8])
+@pytest.mark.parametrize("bucket", [None, 0, 3, 8])
 def test_bucketed_scores_equal_each_sequence_scored_alone(tiny_encoder, bucket):
     """score_ids in length-sorted buckets (or input order) returns, in input order, what the
     classifier gives each sequence on its own with no padding at all: the ground truth that padding

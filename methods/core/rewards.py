@@ -98,16 +98,21 @@ def _special_frame(tok) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
-def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64, bucket: int = 4) -> torch.Tensor:
+def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64,
+              bucket: int | None = None) -> torch.Tensor:
     """Raw reward-model scores (logit 0 at the last real token) of id sequences, right-padded, in
     input order. ``bucket`` > 0: the sequences are scored in length-sorted batches of at most
     ``min(batch_size, bucket)``, so a batch pads to its own longest sequence (on the default's
     samples, padding a batch of 32 to its longest doubles the tokens scored, and buckets of 4 score a
-    training step's 32 samples in 0.54x the time on CPU: results/benchmarks/cpu_rm_score/).
-    ``bucket`` 0: batches of ``batch_size`` in input order. The scores agree to float rounding."""
+    training step's 32 samples in 0.56x the time on CPU: results/benchmarks/cpu_rm_score/).
+    ``bucket`` None: 4 on CPU, where tokens cost time; ``batch_size`` (whole sorted batches) on an
+    accelerator, where a call's fixed cost dominates. ``bucket`` 0: batches of ``batch_size`` in input
+    order. The scores agree to float rounding."""
     from .logprobs import pad_right
 
     device = next(model.parameters()).device
+    if bucket is None:
+        bucket = 4 if device.type == "cpu" else batch_size
     was = model.training
     model.eval()
     n = min(batch_size, bucket) if bucket > 0 else batch_size
@@ -141,9 +146,7 @@ class HFClassifierReward(Reward):
         from .models import load_tokenizer
 
         self.name, self.path, self.batch_size, self.device = name, path, batch_size, device
-        # length-sorted buckets (score_ids): small ones on CPU, where tokens cost time; whole sorted batches
-        # on an accelerator, where a call's fixed cost dominates
-        self.bucket = bucket if bucket is not None else (4 if str(device) == "cpu" else batch_size)
+        self.bucket = bucket  # score_ids' length-sorted buckets; None: chosen by the model's device
         p = Path(str(path))
         if (str(path).startswith((".", "/", "resources")) or p.exists()) and not (p / "config.json").exists():
             raise FileNotFoundError(f"reward {name!r}: model folder {path} is missing or incomplete (no config.json); "
