@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 
 
 def padded_tokens(lengths: list[int], n: int, bucket: int) -> int:
-    """Tokens the model reads when ``lengths`` are scored in batches of ``n`` (sorted when bucket > 0)."""
-    b = min(n, bucket) if bucket > 0 else n
-    order = sorted(lengths) if bucket > 0 else list(lengths)
-    return sum(len(order[i:i + b]) * max(order[i:i + b]) for i in range(0, len(order), b))
+    """Tokens the model reads when ``score_ids`` scores sequences of these ``lengths``."""
+    from methods.core.rewards import score_batches
+
+    return sum(len(b) * max(lengths[i] for i in b) for b in score_batches(lengths, n, bucket))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,6 +97,14 @@ def _special_frame(tok) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def score_batches(lengths: list[int], batch_size: int, bucket: int) -> list[list[int]]:
+    """The index batches ``score_ids`` scores: length-sorted batches of ``min(batch_size, bucket)``
+    when ``bucket`` > 0, else batches of ``batch_size`` in input order."""
+    n = min(batch_size, bucket) if bucket > 0 else batch_size
+    order = sorted(range(len(lengths)), key=lengths.__getitem__) if bucket > 0 else list(range(len(lengths)))
+    return [order[i:i + n] for i in range(0, len(order), n)]
+
+
 @torch.no_grad()
 def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64,
               bucket: int | None = None) -> torch.Tensor:
@@ -115,11 +123,8 @@ def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64,
         bucket = 4 if device.type == "cpu" else batch_size
     was = model.training
     model.eval()
-    n = min(batch_size, bucket) if bucket > 0 else batch_size
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i])) if bucket > 0 else list(range(len(seqs)))
     scores = torch.zeros(len(seqs))
-    for i in range(0, len(seqs), n):
-        idx = order[i:i + n]
+    for idx in score_batches([len(q) for q in seqs], batch_size, bucket):
         ids, att, _ = pad_right([seqs[j] for j in idx], pad_id)
         # HF's sequence-classification heads read the last non-pad token (config.pad_token_id must be set)
         scores[idx] = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float().cpu()
@@ -140,13 +145,12 @@ class HFClassifierReward(Reward):
     unit = "reward-model units"
 
     def __init__(self, name: str, path: str, max_length: int = 512, normalize: bool = True,
-                 device: str = "cpu", batch_size: int = 64, bucket: int | None = None):
+                 device: str = "cpu", batch_size: int = 64):
         from transformers import AutoModelForSequenceClassification
 
         from .models import load_tokenizer
 
         self.name, self.path, self.batch_size, self.device = name, path, batch_size, device
-        self.bucket = bucket  # score_ids' length-sorted buckets; None: chosen by the model's device
         p = Path(str(path))
         if (str(path).startswith((".", "/", "resources")) or p.exists()) and not (p / "config.json").exists():
             raise FileNotFoundError(f"reward {name!r}: model folder {path} is missing or incomplete (no config.json); "
@@ -166,7 +170,7 @@ class HFClassifierReward(Reward):
 
     def score(self, prompts, responses, response_ids=None):
         seqs = [rm_encode(self.tok, p, r, self.max_length) for p, r in zip(prompts, responses)]
-        s = score_ids(self.model, seqs, self.tok.pad_token_id, self.batch_size, self.bucket)
+        s = score_ids(self.model, seqs, self.tok.pad_token_id, self.batch_size)
         return (s - self.mean) / self.std
 
 
