@@ -349,15 +349,25 @@ def ablation_table_seeds(cfg: dict, results: str | Path, models_dir: str | Path,
     return pd.DataFrame(rows), per_seed
 
 
-def _nearest_on_front(cfg: dict, grids: Grids, candidates: list[str], point) -> str | None:
-    """The model of a weight-grid method (the mixture) on its Pareto front (pooled means) nearest the
-    constraint point (Euclidean distance in the two normalised rewards)."""
+def _nearest_on_front(cfg: dict, val: Grids, candidates: list[str], point) -> str | None:
+    """The model of a weight-grid method (the mixture) on its Pareto front nearest the constraint
+    point (Euclidean distance in the two normalised rewards), front and distance from the pooled
+    means on the val prompts (``val``: grids over results/<name>/val, the evaluate_val rule's), so
+    that the choice does not see the test prompts the comparison reports."""
     from evaluation.figures import pareto_front
 
     r1, r2 = cfg["experiments"]["two_reward"]["rewards"]
     if not candidates:
         return None
-    means = np.array([[grids(m, r).mean() for r in (r1, r2)] for m in candidates])
+    missing = [m for m in candidates for s in val.seeds
+               if not (Path(val.results) / f"seed{s}" / "metrics" / m / f"reward_{r1}.json").is_file()
+               or not (Path(val.results) / f"seed{s}" / "metrics" / m / f"reward_{r2}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"comparisons: no val-prompt scores ({r1}, {r2}) of {sorted(set(missing))} under {val.results}/seed<s>/"
+            f"metrics/ for seeds {val.seeds}; the nearest mixture model is chosen on the val prompts: run the "
+            "evaluate_val rule (snakemake builds them for the comparisons target)")
+    means = np.array([[val(m, r).mean() for r in (r1, r2)] for m in candidates])
     front = pareto_front(means)
     return candidates[min(front, key=lambda i: float(np.hypot(*(means[i] - np.asarray(point)))))]
 
@@ -365,18 +375,19 @@ def _nearest_on_front(cfg: dict, grids: Grids, candidates: list[str], point) -> 
 def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
     """Paired comparisons: per constraint point, the L3M model against every other constrained
     method's model at the point, against the mixture model nearest the point on the mixture's Pareto
-    front and against SFT; per length band, the L3M model against the other constrained methods'
+    front (front and distance from the val prompts, results/<name>/val) and against SFT; per length band, the L3M model against the other constrained methods'
     models at the band (if any) and SFT. For task NLL, sampled length and every evaluation reward:
     the mean difference (L3M minus the other) over the same seeds and prompts, its paired 95%
     interval (the random-effects interval of the differences), and a sentence to quote."""
     seeds, rewards = cfg["seeds"], cfg["evaluation"]["rewards"]
     grids = Grids(results, seeds)  # the L3M model's grids serve every pair it is in
+    val = Grids(Path(results) / "val", seeds)
     vs = list(variants(cfg).values())
     units = {"nll": "nats/token", "length": "tokens"}
     units.update({r: ("tokens" if cfg["rewards"][r]["type"] == "length" else "std units") for r in rewards})
     metrics = ["nll", "length"] + [r for r in rewards if cfg["rewards"][r]["type"] != "length"]
     names = {"nll": "task NLL", "length": "sampled length"}
-    pairs = []  # (experiment, where, a, b, relation)
+    pairs = []  # (experiment, where, a, b, relation, chosen_on)
     for key, exp in (("point", "two_reward"), ("band", "length")):
         groups: dict = {}
         for v in vs:
@@ -389,16 +400,16 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
             label = f"p{where}" if key == "point" else f"[{where[0]:g}, {where[1]:g}]"
             for other in group:
                 if other.method != "l3m":
-                    pairs.append((exp, label, l3m[0].name, other.name, get(other.method).label))
+                    pairs.append((exp, label, l3m[0].name, other.name, get(other.method).label, ""))
             if key == "point":
                 for m in [m for m in registry.METHODS.values() if m.grid == "weights"]:
                     cands = [v.name for v in vs if v.method == m.name]
-                    near = _nearest_on_front(cfg, grids, cands, cfg["experiments"]["two_reward"]["points"][where])
+                    near = _nearest_on_front(cfg, val, cands, cfg["experiments"]["two_reward"]["points"][where])
                     if near:
-                        pairs.append((exp, label, l3m[0].name, near, f"{m.label} nearest on its front"))
-            pairs.append((exp, label, l3m[0].name, "sft", "SFT"))
+                        pairs.append((exp, label, l3m[0].name, near, f"{m.label} nearest on its val front", "val"))
+            pairs.append((exp, label, l3m[0].name, "sft", "SFT", ""))
     rows = []
-    for exp, label, a, b, rel in pairs:
+    for exp, label, a, b, rel, chosen_on in pairs:
         for metric in metrics:
             ga, gb = grids(a, metric), grids(b, metric)
             d, lo, hi = stats.paired(ga, gb)
@@ -407,7 +418,7 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
                         f"{units[metric]}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} x {ga.shape[1]} prompts")
             rows.append({"experiment": exp, "where": label, "model": a, "other": b, "other_is": rel, "metric": metric,
                          "delta": d, "lo": lo, "hi": hi, "excludes_0": bool(lo > 0 or hi < 0), "n_seeds": len(seeds),
-                         "n_prompts": ga.shape[1], "sentence": sentence})
+                         "n_prompts": ga.shape[1], "chosen_on": chosen_on, "sentence": sentence})
     return pd.DataFrame(rows)
 
 

@@ -75,3 +75,41 @@ def test_comparisons_pair_the_same_seeds_and_prompts(tmp_path):
     assert row["delta"] == pytest.approx(-0.2) and row["excludes_0"]
     assert "L3M − SFT (sft) b at p1: -0.200 [-0.200, -0.200] std units, 2 seeds x 30 prompts" == row["sentence"]
     assert set(df["other"]) == {"mm_pt0", "mm_pt1", "sft"}  # no mixture in this config: no nearest-front row
+
+
+def test_the_nearest_mixture_model_is_chosen_on_the_val_prompts(tmp_path):
+    """Four mixture models. On the test prompts mix0 sits at the point p0 = (0, 0); on the val
+    prompts mix3 sits there but is dominated by mix1 (0.1, 0.1), so the val front is mix0, mix1,
+    mix2 and the nearest to p0 is mix1 (distance 0.14 against 1.35). The comparison must pair L3M
+    with mix1 and report the test-prompt difference; without the val scores it must say so."""
+    from evaluation.tables import comparisons_table
+
+    cfg = validate_config({**_cfg(), "mixture": {**_cfg()["mixture"], "weights": [[1, 0], [0.5, 0.5], [0, 1], [0.4, 0.6]]},
+                           "experiments": {**_cfg()["experiments"],
+                                           "two_reward": {**_cfg()["experiments"]["two_reward"], "mixture": True}}},
+                          check_paths=False)
+    rng = np.random.default_rng(2)
+    test = {"mix0": (-0.05, 0.05), "mix1": (0.9, -0.5), "mix2": (-0.5, 0.9), "mix3": (-0.6, -0.6)}
+    val = {"mix0": (-1.0, 0.9), "mix1": (0.1, 0.1), "mix2": (0.9, -1.0), "mix3": (0.0, 0.0)}
+    for seed in (1, 2):
+        for model, shift in (("sft", 0.0), ("l3m_pt0", 0.1), ("l3m_pt1", 0.2), ("mm_pt0", 0.3), ("mm_pt1", 0.3)):
+            x = rng.normal(scale=0.01, size=30)
+            _write(tmp_path, seed, model, x + 4, x + shift, x - shift)
+        for model in test:
+            x = rng.normal(scale=0.01, size=30)
+            _write(tmp_path, seed, model, x + 4, x + test[model][0], x + test[model][1])
+    with pytest.raises(FileNotFoundError, match="val-prompt scores.*evaluate_val"):
+        comparisons_table(cfg, tmp_path)
+    for seed in (1, 2):
+        for model in val:
+            x = rng.normal(scale=0.01, size=30)
+            _write(tmp_path / "val", seed, model, x + 4, x + val[model][0], x + val[model][1])
+    df = comparisons_table(cfg, tmp_path)
+    near = df[df["other_is"].str.contains("nearest")]
+    assert set(near["where"]) == {"p0", "p1"} and set(near["chosen_on"]) == {"val"}
+    assert near[near["where"] == "p0"]["other"].iloc[0] == "mix1"  # not mix0 (test) nor mix3 (dominated)
+    assert near[near["where"] == "p1"]["other"].iloc[0] == "mix1"  # (1, 1): 1.27 against 2.0 for mix0 and mix2
+    row = near[(near["where"] == "p0") & (near["metric"] == "a")].iloc[0]
+    a = np.array([[json.loads((tmp_path / f"seed{s}/metrics/{m}/reward_a.json").read_text())["per_example"]
+                   for s in (1, 2)] for m in ("l3m_pt0", "mix1")])
+    assert row["delta"] == pytest.approx((a[0] - a[1]).mean()) and row["delta"] == pytest.approx(0.1 - 0.9, abs=0.01)

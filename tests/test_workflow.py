@@ -194,7 +194,7 @@ def test_adding_a_seed_trains_only_the_new_seeds_models(micro_run, tmp_path):
     jobs = _dry_run_jobs(p.stdout)
     trained = [(r, w) for r, w in jobs if r in ("train", "train_variant")]
     assert len(trained) == 13 and all(w["seed"] == "9" for _, w in trained)  # sft, dpo, cpo + 10 variants (mm2 too)
-    assert all(w.get("seed") == "9" for r, w in jobs if r in ("evaluate", "lm_eval", "training_curves"))
+    assert all(w.get("seed") == "9" for r, w in jobs if r in ("evaluate", "evaluate_val", "lm_eval", "training_curves"))
     assert not {r for r, _ in jobs} & {"base_model", "reward_model", "task_data", "preference_data", "contrast_data"}
     assert {"aggregate", "two_reward", "comparisons", "cost_table"} <= {r for r, _ in jobs}
 

@@ -81,6 +81,9 @@ EXPERIMENT = registry_variants(CFG)
 VARIANTS = {v.name: (v.method, v.overrides) for v in EXPERIMENT.values() if v.overrides is not None}
 LENGTH_MODELS = [v.name for v in EXPERIMENT.values() if v.experiment == "length"]
 TWO_MODELS = [v.name for v in EXPERIMENT.values() if v.experiment == "two_reward"]
+# the weight-grid models (mix<j>): the comparisons pair L3M with the one nearest each point on their
+# Pareto front, and that front is drawn from their val prompts (the evaluate_val rule), not the test ones
+FRONT_MODELS = [n for n in TWO_MODELS if METHODS[EXPERIMENT[n].method].grid == "weights"]
 POINT_MODELS = [v.name for v in EXPERIMENT.values() if v.point is not None]
 MODELS = list(
     dict.fromkeys(

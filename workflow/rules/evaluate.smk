@@ -30,6 +30,36 @@ rule evaluate:
         "--model {input.model} --data {params.data} --rewards {params.rewards:q} --samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
+rule evaluate_val:
+    """A weight-grid model (mix<j>) on the val prompts, scored on the two constrained rewards: the
+    comparisons choose the mixture model nearest each constraint point from these, so that the choice
+    does not see the test prompts it is reported on."""
+    input:
+        model=lambda w: model_dir(w.model, w.seed),
+        val=rules.task_data.output.val,
+        rm=reward_inputs(TWO["rewards"]),
+    output:
+        samples=f"{OUT}/val/seed{{seed}}/samples/{{model}}.jsonl",
+        perplexity=f"{OUT}/val/seed{{seed}}/metrics/{{model}}/perplexity.json",
+        rewards=[f"{OUT}/val/seed{{seed}}/metrics/{{model}}/reward_{r}.json" for r in TWO["rewards"]],
+    log:
+        f"{LOG}/seed{{seed}}/evaluate_val_{{model}}.log",
+    benchmark:
+        f"{BENCH}/seed{{seed}}/evaluate_val_{{model}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        fp=seed_fingerprint("generation", "evaluation", "rewards", "seed"),
+        data=parent("val"),
+        rewards=",".join(TWO["rewards"]),
+        out=parent("perplexity", io="output"),
+    shell:
+        "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --seed {wildcards.seed} "
+        "--split val --model {input.model} --data {params.data} --rewards {params.rewards:q} "
+        "--samples {output.samples} --out {params.out} > {log} 2>&1"
+
+
 rule lm_eval:
     """lm-evaluation-harness: the local task on the test split (offline) and any configured hub tasks."""
     input:

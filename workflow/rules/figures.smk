@@ -115,13 +115,20 @@ rule two_reward:
 
 rule comparisons:
     """Paired comparisons per constraint point and band: L3M against every other constrained method, the
-    mixture model nearest the point on its Pareto front and SFT; paired intervals over seeds and prompts."""
+    mixture model nearest the point on its Pareto front (drawn on the val prompts) and SFT; paired
+    intervals over seeds and test prompts."""
     input:
         metrics=expand(
             f"{OUT}/seed{{seed}}/metrics/{{model}}/{{m}}.json",
             seed=SEEDS,
             model=["sft"] + LENGTH_MODELS + TWO_MODELS,
             m=["perplexity", "lengths"] + [f"reward_{r}" for r in REWARDS],
+        ),
+        val=expand(
+            f"{OUT}/val/seed{{seed}}/metrics/{{model}}/reward_{{r}}.json",
+            seed=SEEDS,
+            model=FRONT_MODELS,
+            r=TWO["rewards"],
         ),
     output:
         table=report(f"{OUT}/tables/comparisons.csv", category="Tables", caption="../report/comparisons.rst"),
