@@ -53,3 +53,43 @@ def test_dist_bench_counts_collectives_per_phase(tmp_path):
     assert by["fsdp_gather"]["sampling_all_gathers"] <= layers + 1
     assert by["fsdp_per_layer"]["sampling_all_gathers"] >= layers * 2  # at least two forwards (prompt, a token)
     assert by["fsdp_gather"]["ckpt_peak_mb_rank0"] < by["fsdp_per_layer"]["ckpt_peak_mb_rank0"]
+
+
+def test_split_gap_interval_is_scipys_welch_interval():
+    """benchmarks/split_gap.py's train-minus-test interval against scipy's Welch t-test interval."""
+    import numpy as np
+    import pytest
+    from scipy import stats
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.split_gap import welch
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.3, 1.0, size=40), rng.normal(0.0, 2.0, size=25)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    w = welch(a, b)
+    assert w["diff"] == pytest.approx(a.mean() - b.mean())
+    assert (w["lo"], w["hi"]) == pytest.approx((ci.low, ci.high), rel=1e-10)
+
+
+def test_split_gap_runs_on_a_micro_model(tmp_path, micro_model_dir, micro_cfg):
+    """End to end on the micro model with the length reward (no reward-model folder needed): both
+    splits sampled, the NLL read on the reference replies, the report written."""
+    import yaml
+
+    data = tmp_path / "task"
+    data.mkdir()
+    for split in ("train", "test"):
+        rows = [{"id": f"{split}{i}", "prompt": f"hello there {i}", "response": f"fine thanks {i}"} for i in range(6)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {**micro_cfg, "generation": {**micro_cfg["generation"], "max_new_tokens": 5}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "split_gap.py"), "--config", str(tmp_path / "cfg.yaml"), "--model",
+           str(micro_model_dir), "--data", str(data), "--rewards", "length", "--n", "4", "--out", str(tmp_path / "out")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "split_gap.json").read_text())
+    m = doc["metrics"]
+    assert set(m) == {"length", "nll"} and doc["n_prompts"] == 4
+    assert 0 <= m["length"]["train_mean"] <= 5 and m["nll"]["test_mean"] > 0
+    assert "| nll |" in (tmp_path / "out" / "split_gap.md").read_text()
