@@ -29,10 +29,14 @@ def welch(a, b) -> dict:
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"a Welch interval needs at least 2 values per side (got {len(a)} and {len(b)})")
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = float(np.sqrt(va + vb))
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     d = float(a.mean() - b.mean())
+    if se == 0:  # both sides constant: the difference is exact
+        return {"diff": d, "lo": d, "hi": d, "se": 0.0, "df": float("inf")}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     h = float(stats.t.ppf(0.975, df)) * se
     return {"diff": d, "lo": d - h, "hi": d + h, "se": se, "df": float(df)}
 
@@ -60,7 +64,7 @@ def measure(cfg: dict, model_dir: str, data_dir: str, rewards: list[str], n: int
         vals["nll"] = np.asarray(response_nll(model, tok, rows, batch_size=cfg["evaluation"]["batch_size"],
                                                 progress=False), float)
         per[split] = vals
-    out = {"model": str(model_dir), "n_prompts": n, "metrics": {}}
+    out = {"model": str(model_dir), "n_prompts": {k: len(v["nll"]) for k, v in per.items()}, "metrics": {}}
     for m in per["train"]:
         tr, te = per["train"][m], per["test"][m]
         out["metrics"][m] = {"train_mean": float(tr.mean()), "train_se": float(tr.std(ddof=1) / np.sqrt(len(tr))),
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's seed)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.n < 2:
+        p.error("--n: at least 2 prompts per split (an interval needs two)")
     cfg = load_config(a.config)
     if a.seed is not None:
         cfg["seed"] = a.seed

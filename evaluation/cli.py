@@ -315,7 +315,7 @@ def main(argv=None):
         if name in ("generate", "perplexity", "score", "evaluate", "lm-eval"):
             sp.add_argument("--seed", type=int, default=None, help="the model's training seed (seeds its sampling)")
         if name == "evaluate":
-            sp.add_argument("--split", default="test", choices=["test", "val"], help="val: the tuning sweep's prompts")
+            sp.add_argument("--split", default="test", choices=["test", "val"], help="val: the tuning sweep's and the nearest-mixture choice's prompts")
         sp.set_defaults(fn=fn)
     a = p.parse_args(argv)
     a.fn(a)

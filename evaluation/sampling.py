@@ -1,4 +1,4 @@
-"""Sampling a model on the test prompts (generation.n_prompts of them, all when 0) with the
+"""Sampling a model on the test (or val) prompts (generation.n_prompts of them, all when 0) with the
 generation settings and the config's seed: the samples every reward and length metric reads."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from methods.core.record import run_record
 
 def sample_test_prompts(cfg: dict, model_dir, data_dir, out, split: str = "test") -> list[dict]:
     """Write ``out`` (JSONL: id, prompt, response, its token ids and length, finished) and
-    ``out.run.json`` (its provenance); return the samples. ``split``: val for the tuning sweep."""
+    ``out.run.json`` (its provenance); return the samples. ``split``: val for the tuning sweep and the
+    nearest-mixture choice of the comparisons."""
     rows = read_jsonl(Path(data_dir) / f"{split}.jsonl")
     n = cfg["generation"]["n_prompts"]
     rows = rows[:n] if n else rows

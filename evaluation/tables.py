@@ -359,9 +359,8 @@ def _nearest_on_front(cfg: dict, val: Grids, candidates: list[str], point) -> st
     r1, r2 = cfg["experiments"]["two_reward"]["rewards"]
     if not candidates:
         return None
-    missing = [m for m in candidates for s in val.seeds
-               if not (Path(val.results) / f"seed{s}" / "metrics" / m / f"reward_{r1}.json").is_file()
-               or not (Path(val.results) / f"seed{s}" / "metrics" / m / f"reward_{r2}.json").is_file()]
+    missing = [m for m in candidates for s in val.seeds for r in (r1, r2)
+               if not (seed_results(val.results, s) / "metrics" / m / f"reward_{r}.json").is_file()]
     if missing:
         raise FileNotFoundError(
             f"comparisons: no val-prompt scores ({r1}, {r2}) of {sorted(set(missing))} under {val.results}/seed<s>/"

@@ -70,6 +70,7 @@ def test_split_gap_interval_is_scipys_welch_interval():
     w = welch(a, b)
     assert w["diff"] == pytest.approx(a.mean() - b.mean())
     assert (w["lo"], w["hi"]) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    assert welch([1.0, 1.0], [0.5, 0.5, 0.5]) == {"diff": 0.5, "lo": 0.5, "hi": 0.5, "se": 0.0, "df": float("inf")}
 
 
 def test_split_gap_runs_on_a_micro_model(tmp_path, micro_model_dir, micro_cfg):
@@ -90,6 +91,8 @@ def test_split_gap_runs_on_a_micro_model(tmp_path, micro_model_dir, micro_cfg):
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "split_gap.json").read_text())
     m = doc["metrics"]
-    assert set(m) == {"length", "nll"} and doc["n_prompts"] == 4
+    assert set(m) == {"length", "nll"} and doc["n_prompts"] == {"train": 4, "test": 4}
+    assert all(v["train_minus_test"]["lo"] <= v["train_minus_test"]["diff"] <= v["train_minus_test"]["hi"]
+               for v in m.values())  # no NaN, constant lengths included
     assert 0 <= m["length"]["train_mean"] <= 5 and m["nll"]["test_mean"] > 0
     assert "| nll |" in (tmp_path / "out" / "split_gap.md").read_text()

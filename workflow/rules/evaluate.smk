@@ -1,5 +1,6 @@
 # Per model and seed, one job: sampling on the test prompts (with the seed), task perplexity, lengths and
-# rewards; then the aggregate table over the seeds. (`python -m evaluation.cli generate|perplexity|score` run the steps one at a time.)
+# rewards; then the aggregate table over the seeds. The mixture models are also sampled on the val prompts
+# (evaluate_val: the comparisons choose among them there). (`python -m evaluation.cli generate|perplexity|score` run the steps one at a time.)
 
 
 rule evaluate:
@@ -40,12 +41,14 @@ rule evaluate_val:
         rm=reward_inputs(TWO["rewards"]),
     output:
         samples=f"{OUT}/val/seed{{seed}}/samples/{{model}}.jsonl",
+        run=f"{OUT}/val/seed{{seed}}/samples/{{model}}.jsonl.run.json",
         perplexity=f"{OUT}/val/seed{{seed}}/metrics/{{model}}/perplexity.json",
+        lengths=f"{OUT}/val/seed{{seed}}/metrics/{{model}}/lengths.json",
         rewards=[f"{OUT}/val/seed{{seed}}/metrics/{{model}}/reward_{r}.json" for r in TWO["rewards"]],
     log:
-        f"{LOG}/seed{{seed}}/evaluate_val_{{model}}.log",
+        f"{LOG}/val/seed{{seed}}/evaluate_{{model}}.log",
     benchmark:
-        f"{BENCH}/seed{{seed}}/evaluate_val_{{model}}.tsv"
+        f"{BENCH}/val/seed{{seed}}/evaluate_{{model}}.tsv"
     conda:
         CONDA_ENV
     threads: 1
