@@ -229,8 +229,10 @@ def aggregate_seeds(results: str | Path, seeds: list[int], models: list[str], re
         _with_interval(row, "nll", nll)
         row["nll_spread_sd"] = float(nll.std())
         row.update(perplexity=float(np.exp(row["nll_mean"])), perplexity_lo=float(np.exp(row["nll_lo"])),
-                   perplexity_hi=float(np.exp(row["nll_hi"])), n_prompts=nll.shape[1])
-        _with_interval(row, "len", grid(results, seeds, m, "length"))
+                   perplexity_hi=float(np.exp(row["nll_hi"])), n_nll_prompts=nll.shape[1])
+        lens = grid(results, seeds, m, "length")
+        row["n_sampled_prompts"] = lens.shape[1]  # generation.n_prompts may sample fewer than the NLL reads
+        _with_interval(row, "len", lens)
         for r in rewards:
             _with_interval(row, r, grid(results, seeds, m, r))
         sub = per_seed[per_seed["model"] == m]
