@@ -24,6 +24,7 @@ localrules:
     ablation_table,
     tune,
     tune_table,
+    tune_test_table,
     task_data,
     preference_data,
     contrast_data,

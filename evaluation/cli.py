@@ -286,6 +286,26 @@ def cmd_tune_table(a):
     _write_table(choice, a.choice, cfg, extra=extra)
 
 
+def cmd_tune_test(a):
+    """The sweep's choice on the test prompts (tables/tuning_test.csv) and tuned L3M against the other
+    tuned methods, paired (tables/tuning_comparisons.csv)."""
+    import pandas as pd
+
+    from evaluation.figures import tuning_figure
+    from evaluation.tables import tune_test_tables
+
+    cfg = _cfg(a.config)
+    table, comps = tune_test_tables(cfg, a.results, pd.read_csv(a.choice))
+    extra = {**_POOLED, "pooled_over": "tuning seeds x test prompts", "tune_seeds": cfg["tune"]["seeds"],
+             "grid": cfg["tune"]["grid"], "chosen_on": "val prompts (tables/tuning_choice.csv)"}
+    _write_table(table, a.table, cfg, extra=extra)
+    _write_table(comps, a.comparisons, cfg, extra={**extra, "difference": "tuned L3M minus the other tuned method, "
+                                                                        "paired on seeds and prompts"})
+    two = cfg["experiments"]["two_reward"]
+    tuning_figure(pd.read_csv(a.sweep), table, two["points"], [cfg["rewards"][r].get("label") or r for r in two["rewards"]],
+                  a.out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="evaluation.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,6 +326,7 @@ def main(argv=None):
         ("two-reward", cmd_two_reward, ["results", "models-dir", "table", "per-seed", "out", "pareto"]),
         ("comparisons", cmd_comparisons, ["results", "table", "out"]),
         ("tune-table", cmd_tune_table, ["results", "table", "choice"]),
+        ("tune-test", cmd_tune_test, ["results", "sweep", "choice", "table", "comparisons", "out"]),
         ("cost", cmd_cost, ["bench", "models-dir", "table"]),
     ]:
         sp = sub.add_parser(name)

@@ -360,3 +360,42 @@ def comparisons_figure(df: pd.DataFrame, png: str | Path) -> list[Path]:
     fig.suptitle("L3M minus other (paired 95% interval over seeds and prompts; red: excludes 0)", fontsize=9)
     fig.tight_layout()
     return save(fig, png)
+
+
+def tuning_figure(sweep: pd.DataFrame, test: pd.DataFrame, points: list, labels: list[str],
+                  png: str | Path) -> list[Path]:
+    """The validation sweep, one panel per constraint point: every setting of every method at the point
+    (``sweep``: tables/tuning.csv; hollow, val prompts) in mean reward 1 vs mean reward 2, the point's
+    feasible quadrant shaded, and the chosen settings on the test prompts (``test``:
+    tables/tuning_test.csv; filled, joined to their val mark). Error bars: 95% intervals over the
+    tuning seeds and prompts; task NLL of each choice in the legend."""
+    sns.set_theme(style="whitegrid", context="paper")
+    n = max(1, len(points))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False, sharex=True, sharey=True)
+    at = sweep[sweep["point"].notna()] if len(sweep) else sweep
+    xs = list(at["r1_mean"]) + list(test.get("r1_mean", [])) + [p[0] for p in points]
+    ys = list(at["r2_mean"]) + list(test.get("r2_mean", [])) + [p[1] for p in points]
+    lim = (min(xs) - 0.2, max(xs) + 0.2, min(ys) - 0.2, max(ys) + 0.2)
+    for i, ax in enumerate(axes[0][: len(points)]):
+        b1, b2 = points[i]
+        ax.fill_between([b1, lim[1]], b2, lim[3], color="tab:green", alpha=0.1, lw=0)
+        ax.scatter([b1], [b2], marker="+", s=120, color="black", lw=1.5, zorder=4)
+        sub = at[at["point"] == i]
+        for method in dict.fromkeys(sub["method"]):
+            name, marker, color = style(method)
+            m = sub[sub["method"] == method]
+            ax.errorbar(m["r1_mean"], m["r2_mean"], xerr=err(m, "r1"), yerr=err(m, "r2"), fmt=marker, color=color,
+                        mfc="none", ms=6, lw=0.6, alpha=0.7, label=f"{name}: settings on val")
+            t = test[(test["point"] == i) & (test["method"] == method)] if len(test) else test
+            for j, r in t.iterrows():
+                v = m[m["setting"] == r["setting"]].iloc[0]
+                ax.plot([v["r1_mean"], r["r1_mean"]], [v["r2_mean"], r["r2_mean"]], ls=":", color=color, lw=1)
+                ax.errorbar(r["r1_mean"], r["r2_mean"], xerr=err(t.loc[[j]], "r1"), yerr=err(t.loc[[j]], "r2"),
+                            fmt=marker, color=color, ms=8, mec="black", zorder=5,
+                            label=f"{name} {r['setting']} on test: {r['verdict']}, NLL {r['nll_mean']:.3f}")
+        ax.set(xlim=lim[:2], ylim=lim[2:], title=f"p{i} = ({b1:g}, {b2:g})", xlabel=f"mean {labels[0]}")
+        ax.legend(fontsize=5, loc="lower left")
+    axes[0][0].set_ylabel(f"mean {labels[1]}")
+    fig.suptitle("Validation sweep: every setting on val (hollow), the chosen one on test (filled)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, png)

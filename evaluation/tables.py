@@ -462,3 +462,52 @@ def tune_tables(cfg: dict, results: str | Path) -> tuple[pd.DataFrame, pd.DataFr
                            "val_nll": best["nll_mean"] if best is not None else None,
                            "rule": "met on val (one-sided 95% bounds), then the lowest val task NLL"})
     return table, pd.DataFrame(choice)
+
+
+def tune_test_tables(cfg: dict, results: str | Path, choice: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation sweep's choice (``choice``: tune_tables' second table) reported on the test
+    prompts (``results``: results/<name>/tune/test, the tune_eval_test rule's). Per constraint point
+    and method with a chosen setting: both rewards and task NLL on the test prompts pooled over the
+    tuning seeds with 95% intervals, the verdict at the point and the share of seeds meeting it. And
+    per point, the L3M choice against every other method's choice there: L3M minus the other in task
+    NLL and both rewards, paired on the same seeds and prompts, with a sentence to quote. A method
+    whose settings all failed the point on val has no row (the choice's ``setting`` is empty)."""
+    tw, seeds = cfg["experiments"]["two_reward"], cfg["tune"]["seeds"]
+    (r1, r2), points = tw["rewards"], tw["points"]
+    chosen = choice[choice["setting"].notna() & (choice["setting"].astype(str) != "")]
+    grids = Grids(results, seeds)
+    rows, keys = [], {}
+    for c in chosen.itertuples():
+        key = f"variant~{c.variant}_setting~{c.setting}"  # tune.smk's Paramspace pattern
+        keys[(int(c.point), c.method)] = key
+        b1, b2 = points[int(c.point)]
+        g1, g2 = grids(key, r1), grids(key, r2)
+        row = {"point": int(c.point), "method": c.method, "variant": c.variant, "setting": c.setting,
+               "values": c.values, "chosen_on": "val", "n_seeds": len(seeds), "n_prompts": g1.shape[1],
+               "b1": b1, "b2": b2}
+        _with_interval(row, "r1", g1)
+        _with_interval(row, "r2", g2)
+        _with_interval(row, "nll", grids(key, "nll"))
+        v1, v2 = stats.verdict(g1, lo=b1), stats.verdict(g2, lo=b2)
+        row.update(verdict=stats.combine([v1["verdict"], v2["verdict"]]), r1_lower=v1["lower"], r2_lower=v2["lower"],
+                   seeds_met=float(((g1.mean(axis=1) >= b1) & (g2.mean(axis=1) >= b2)).mean()))
+        rows.append(row)
+    comps = []
+    names = {"nll": ("task NLL", "nats/token"), r1: (r1, "std units"), r2: (r2, "std units")}
+    for (point, method), key in keys.items():
+        if method == "l3m":
+            continue
+        a = keys.get((point, "l3m"))
+        if a is None:
+            continue
+        for metric, (name, unit) in names.items():
+            ga, gb = grids(a, metric), grids(key, metric)
+            d, lo, hi = stats.paired(ga, gb)
+            label = get(method).label
+            comps.append({"point": point, "model": a, "other": key, "other_is": label, "metric": metric,
+                          "delta": d, "lo": lo, "hi": hi, "excludes_0": bool(lo > 0 or hi < 0), "n_seeds": len(seeds),
+                          "n_prompts": ga.shape[1], "chosen_on": "val",
+                          "sentence": f"tuned L3M − tuned {label} {name} at p{point}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                                      f"{unit}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} x {ga.shape[1]} "
+                                      "test prompts"})
+    return pd.DataFrame(rows), pd.DataFrame(comps)

@@ -239,6 +239,15 @@ class Variant:
     weights: list | None = field(default=None)  # two_reward, "weights" methods: the weight vector
 
 
+def nest(values: dict) -> dict:
+    """{"section.key": value} -> {section: {key: value}}: a sweep setting as config overrides."""
+    out: dict = {}
+    for k, v in values.items():
+        section, name = k.split(".")
+        out.setdefault(section, {})[name] = v
+    return out
+
+
 def variants(cfg: dict) -> dict[str, Variant]:
     """Every model of the configured experiments, by name, from the registry: first the length
     experiment's (per band), then the two-reward one's, method by method in registry order."""
@@ -259,10 +268,11 @@ def variants(cfg: dict) -> dict[str, Variant]:
                 continue
             pre = m.prefix or m.name
             if m.grid == "constraints":
+                tuned = two.get("tuned", {}).get(m.name) or [None] * len(two["points"])
                 for i, pt in enumerate(two["points"]):
                     cons = {"constraints": [{"reward": r, "bound": b, "direction": ">="}
                                             for r, b in zip(two["rewards"], pt)]}
-                    add(Variant(f"{pre}_pt{i}", m.name, "two_reward", cons, point=i))
+                    add(Variant(f"{pre}_pt{i}", m.name, "two_reward", {**nest(tuned[i] or {}), **cons}, point=i))
             elif m.grid == "weights":
                 for j, w in enumerate(cfg[m.name]["weights"]):
                     add(Variant(f"{pre}{j}", m.name, "two_reward", {m.name: {"weight": w}}, weights=w))
@@ -288,10 +298,7 @@ def tune_rows(cfg: dict) -> list[dict]:
         keys = list(grid)
         for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
             values = dict(zip(keys, combo))
-            setting: dict = {}
-            for k, v in values.items():
-                section, name = k.split(".")
-                setting.setdefault(section, {})[name] = v
+            setting = nest(values)
             for v in models:
                 if v.method == method:
                     over = copy.deepcopy(v.overrides or {})

@@ -113,3 +113,69 @@ def test_the_nearest_mixture_model_is_chosen_on_the_val_prompts(tmp_path):
     a = np.array([[json.loads((tmp_path / f"seed{s}/metrics/{m}/reward_a.json").read_text())["per_example"]
                    for s in (1, 2)] for m in ("l3m_pt0", "mix1")])
     assert row["delta"] == pytest.approx((a[0] - a[1]).mean()) and row["delta"] == pytest.approx(0.1 - 0.9, abs=0.01)
+
+
+def test_the_tuned_choice_is_reported_on_the_test_prompts(tmp_path):
+    """The choice (made on val) read back on test: at p0 L3M chose s1 and MM s0, so the test table has
+    both and the paired comparison is the mean of the per-(seed, prompt) differences of those two
+    models written here (a fixed shift of -0.3 in NLL is recovered with a zero-width interval); at p1
+    MM found no setting on val, so only L3M's row and no comparison. The test verdict follows the
+    test values: L3M at p0 (means 0.5, 0.5 against bounds 0, 0) is met, at p1 (bounds 1, 1) violated."""
+    import pandas as pd
+
+    from evaluation.tables import tune_test_tables
+
+    cfg = validate_config({**_cfg(), "tune": {"seeds": [1, 2], "grid": {"mm": {"mm.dual_lr": [0.1, 1.0]},
+                                                                         "l3m": {"l3m.barrier_max_norm": [2, 4]}}}},
+                          check_paths=False)
+    choice = pd.DataFrame([
+        {"point": 0, "method": "l3m", "variant": "l3m_pt0", "setting": "s1", "values": '{"l3m.barrier_max_norm": 4}'},
+        {"point": 0, "method": "mm", "variant": "mm_pt0", "setting": "s0", "values": '{"mm.dual_lr": 0.1}'},
+        {"point": 1, "method": "l3m", "variant": "l3m_pt1", "setting": "s0", "values": '{"l3m.barrier_max_norm": 2}'},
+        {"point": 1, "method": "mm", "variant": None, "setting": None, "values": None}])
+    rng = np.random.default_rng(3)
+    for seed in (1, 2):
+        x = rng.normal(scale=0.05, size=40)
+        for key, nll in (("variant~l3m_pt0_setting~s1", 3.7), ("variant~mm_pt0_setting~s0", 4.0),
+                         ("variant~l3m_pt1_setting~s0", 3.9)):
+            _write(tmp_path, seed, key, nll + x, 0.5 + x, 0.5 - x)
+    table, comps = tune_test_tables(cfg, tmp_path, choice)
+    assert [(r.point, r.method, r.setting) for r in table.itertuples()] == [(0, "l3m", "s1"), (0, "mm", "s0"),
+                                                                            (1, "l3m", "s0")]
+    assert list(table["verdict"]) == ["met", "met", "violated"] and list(table["seeds_met"]) == [1.0, 1.0, 0.0]
+    assert set(comps["point"]) == {0} and set(comps["metric"]) == {"nll", "a", "b"}
+    nll = comps[comps["metric"] == "nll"].iloc[0]
+    assert nll["delta"] == pytest.approx(-0.3) and nll["lo"] == pytest.approx(-0.3) and nll["hi"] == pytest.approx(-0.3)
+    assert nll["sentence"].startswith("tuned L3M − tuned ") and "-0.300 [-0.300, -0.300] nats/token, 2 seeds x 40" \
+        in nll["sentence"]
+    assert comps[comps["metric"] == "a"]["delta"].iloc[0] == pytest.approx(0.0, abs=1e-12)
+    from evaluation.figures import tuning_figure
+
+    sweep = pd.DataFrame([{"method": m, "point": p, "setting": st, **{f"{k}_{q}": v + d for k, v in (("r1", 0.4), ("r2", 0.3))
+                                                                      for q, d in (("mean", 0), ("lo", -0.1), ("hi", 0.1))}}
+                          for m in ("l3m", "mm") for p in (0, 1) for st in ("s0", "s1")])
+    outs = tuning_figure(sweep, table, cfg["experiments"]["two_reward"]["points"], ["a", "b"], tmp_path / "tuning.png")
+    assert [o.suffix for o in outs] == [".png", ".pdf"] and all(o.stat().st_size > 5000 for o in outs)
+
+
+def test_tuned_settings_reach_only_their_points_model():
+    """experiments.two_reward.tuned: one entry per point; the entry's keys become that point's model's
+    overrides (and so its training fingerprint), the other points keep the method's own settings, and
+    the sweep still varies its grid keys over them. Bad entries are named before any job."""
+    from methods.core.config import ConfigError
+    from methods.registry import variants
+
+    raw = _cfg()
+    two = {**raw["experiments"]["two_reward"], "tuned": {"mm": [None, {"mm.dual_lr": 2.0, "mm.beta": 0.01}]}}
+    cfg = validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": two}}, check_paths=False)
+    vs = variants(cfg)
+    assert "mm" not in vs["mm_pt0"].overrides and vs["mm_pt1"].overrides["mm"] == {"dual_lr": 2.0, "beta": 0.01}
+    assert vs["mm_pt1"].overrides["constraints"][0]["bound"] == 1.0
+    rows = {(r["variant"], r["setting"]): r for r in tune_rows(cfg)}
+    assert rows[("mm_pt1", "s0")]["overrides"]["mm"] == {"dual_lr": 0.1, "beta": 0.01}  # the grid's key wins
+    for tuned, field in (({"mm": [None]}, "tuned.mm: 1 entries for 2"),
+                         ({"mm": [None, {"mm.dual_rate": 1.0}]}, "tuned.mm[1].mm.dual_rate: no such config key"),
+                         ({"mixture": [None, None]}, "tuned.mixture: not a method with one model per")):
+        with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": tuned}}},
+                            check_paths=False)

@@ -248,6 +248,19 @@ def test_tune_target_runs_the_validation_sweep(micro_run):
         met = [r for r in cands if r[f"verdict_p{c['point']}"] == "met"]
         assert int(c["candidates"]) == len(cands) == 2 and int(c["met_on_val"]) == len(met)
         assert c["setting"] == (min(met, key=lambda r: float(r["nll_mean"]))["setting"] if met else "")
+    # the choice on the test prompts: one row per chosen setting, and tuned L3M - tuned MM per point
+    # as the mean of the per-prompt differences in the test files (paired on the same prompts)
+    chosen = {(c["point"], c["method"]): c["setting"] for c in _rows(tables / "tuning_choice.csv") if c["setting"]}
+    test_rows = _rows(tables / "tuning_test.csv") if chosen else []
+    assert {(r["point"], r["method"]): r["setting"] for r in test_rows} == chosen
+    assert all(r["n_prompts"] == "16" and r["chosen_on"] == "val" for r in test_rows)
+    test_dir = micro_run / "results" / "micro" / "tune" / "test" / "seed7" / "metrics"
+    both = [p for p in {p for p, _ in chosen} if (p, "l3m") in chosen and (p, "mm") in chosen]
+    comps = _rows(tables / "tuning_comparisons.csv") if both else []
+    assert sorted({c["point"] for c in comps}) == sorted(both)
+    for c in (c for c in comps if c["metric"] == "nll"):
+        nll = [json.loads((test_dir / k / "perplexity.json").read_text())["per_example"] for k in (c["model"], c["other"])]
+        assert float(c["delta"]) == pytest.approx(sum(nll[0][i] - nll[1][i] for i in nll[0]) / len(nll[0]), rel=1e-4, abs=1e-5)
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -256,6 +256,24 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
             if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
                 errs.append(f"config.tune.grid.{method}.{key}: no such config key; name a key as section.key "
                             f"(e.g. {method}.lr)")
+    two = cfg["experiments"]["two_reward"]
+    for method, per_point in two["tuned"].items():
+        where = f"config.experiments.two_reward.tuned.{method}"
+        if method not in METHODS or METHODS[method].grid != "constraints":
+            errs.append(f"{where}: not a method with one model per constraint point "
+                        f"({sorted(m.name for m in METHODS.values() if m.grid == 'constraints')}); set the "
+                        "other methods' chosen values in their own sections")
+            continue
+        if len(per_point) != len(two["points"]):
+            errs.append(f"{where}: {len(per_point)} entries for {len(two['points'])} constraint points; give one "
+                        "per point (null: the method's own settings)")
+            continue
+        for i, values in enumerate(per_point):
+            for key in values or {}:
+                section, name = key.split(".")
+                if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
+                    errs.append(f"{where}[{i}].{key}: no such config key; name a key as section.key "
+                                f"(e.g. {method}.lr)")
     b = cfg["budget"]
     if b["mode"] == "none":
         return errs

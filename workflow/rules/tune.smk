@@ -1,7 +1,8 @@
 # The validation sweep (`snakemake --cores all tune`): one Paramspace grid of (variant, setting) rows from
 # config.tune.grid (methods/registry.py `tune_rows`), each trained per tuning seed with its variant's overrides
 # and the setting's keys, sampled and scored on the val prompts; then the sweep's table and the setting chosen
-# per constraint point and method by the declared rule (met on val, then the lowest val task NLL).
+# per constraint point and method by the declared rule (met on val, then the lowest val task NLL); then only the
+# chosen models are sampled and scored on the test prompts (tune_table is a checkpoint) and compared, paired.
 from snakemake.utils import Paramspace
 
 TUNE = Paramspace(tune_frame(TUNE_ROWS), filename_params="*")
@@ -54,17 +55,38 @@ rule tune_eval:
         CONDA_ENV
     threads: 1
     params:
+        split="val",
         data=parent("val"),
         out=parent("perplexity", io="output"),
         rewards=",".join(TUNE_REWARDS),
         fp=seed_fingerprint("generation", "evaluation", "rewards", "seed"),
     shell:
         "L3M_THREADS={threads} {ENV} {PY} -m evaluation.cli evaluate --config {CONFIG_FILE} --seed {wildcards.seed} "
-        "--split val --model {input.model} --data {params.data} --rewards {params.rewards:q} "
+        "--split {params.split} --model {input.model} --data {params.data} --rewards {params.rewards:q} "
         "--samples {output.samples} --out {params.out} > {log} 2>&1"
 
 
-rule tune_table:
+# the same models on the test prompts; only the chosen ones are asked for (tune_test_table)
+use rule tune_eval as tune_eval_test with:
+    input:
+        model=rules.tune_train.output,
+        test=rules.task_data.output.test,
+        rm=reward_inputs(TUNE_REWARDS),
+    output:
+        samples=f"{TUNE_OUT}/test/seed{{seed}}/samples/{TUNE.wildcard_pattern}.jsonl",
+        perplexity=f"{TUNE_OUT}/test/seed{{seed}}/metrics/{TUNE.wildcard_pattern}/perplexity.json",
+        rewards=[f"{TUNE_OUT}/test/seed{{seed}}/metrics/{TUNE.wildcard_pattern}/reward_{r}.json" for r in TUNE_REWARDS],
+    log:
+        f"{LOG}/tune/test/seed{{seed}}/{TUNE.wildcard_pattern}/eval.log",
+    params:
+        split="test",
+        data=parent("test"),
+        out=parent("perplexity", io="output"),
+        rewards=",".join(TUNE_REWARDS),
+        fp=seed_fingerprint("generation", "evaluation", "rewards", "seed"),
+
+
+checkpoint tune_table:
     input:
         metrics=expand(
             f"{TUNE_OUT}/seed{{seed}}/metrics/{{params}}/{{m}}.json",
@@ -86,6 +108,45 @@ rule tune_table:
         "--table {output.table} --choice {output.choice} > {log} 2>&1"
 
 
+def tune_test_inputs(wildcards):
+    """The test-prompt metrics of the settings the sweep chose on val (a checkpoint: known once
+    tables/tuning_choice.csv exists)."""
+    import pandas as pd
+
+    choice = pd.read_csv(checkpoints.tune_table.get().output.choice)
+    chosen = choice[choice["setting"].notna()]
+    keys = sorted({f"variant~{v}_setting~{st}" for v, st in zip(chosen["variant"], chosen["setting"])})
+    return expand(
+        f"{TUNE_OUT}/test/seed{{seed}}/metrics/{{key}}/{{m}}.json",
+        seed=TUNE_SEEDS,
+        key=keys,
+        m=["perplexity"] + [f"reward_{r}" for r in TUNE_REWARDS],
+    )
+
+
+rule tune_test_table:
+    input:
+        sweep=f"{OUT}/tables/tuning.csv",
+        choice=f"{OUT}/tables/tuning_choice.csv",
+        metrics=tune_test_inputs,
+    output:
+        table=report(f"{OUT}/tables/tuning_test.csv", category="Tuning", caption="../report/tuning.rst"),
+        comparisons=report(f"{OUT}/tables/tuning_comparisons.csv", category="Tuning", caption="../report/tuning.rst"),
+        png=report(f"{FIG}/tuning.png", category="Tuning", caption="../report/tuning.rst"),
+        pdf=f"{FIG}/tuning.pdf",
+    log:
+        f"{LOG}/tune_test_table.log",
+    conda:
+        CONDA_ENV
+    params:
+        results=f"{TUNE_OUT}/test",
+    shell:
+        "{ENV} {PY} -m evaluation.cli tune-test --config {CONFIG_FILE} --results {params.results} "
+        "--sweep {input.sweep} --choice {input.choice} --table {output.table} --comparisons {output.comparisons} "
+        "--out {output.png} > {log} 2>&1"
+
+
 rule tune:
     input:
         rules.tune_table.output,
+        rules.tune_test_table.output,
