@@ -289,20 +289,18 @@ def cmd_tune_table(a):
 def cmd_tune_test(a):
     """The sweep's choice on the test prompts (tables/tuning_test.csv) and tuned L3M against the other
     tuned methods, paired (tables/tuning_comparisons.csv)."""
-    import pandas as pd
-
     from evaluation.figures import tuning_figure
-    from evaluation.tables import tune_test_tables
+    from evaluation.tables import read_table, tune_test_tables
 
     cfg = _cfg(a.config)
-    table, comps = tune_test_tables(cfg, a.results, pd.read_csv(a.choice))
+    table, comps = tune_test_tables(cfg, a.results, read_table(a.choice))
     extra = {**_POOLED, "pooled_over": "tuning seeds x test prompts", "tune_seeds": cfg["tune"]["seeds"],
              "grid": cfg["tune"]["grid"], "chosen_on": "val prompts (tables/tuning_choice.csv)"}
     _write_table(table, a.table, cfg, extra=extra)
     _write_table(comps, a.comparisons, cfg, extra={**extra, "difference": "tuned L3M minus the other tuned method, "
                                                                         "paired on seeds and prompts"})
     two = cfg["experiments"]["two_reward"]
-    tuning_figure(pd.read_csv(a.sweep), table, two["points"], [cfg["rewards"][r].get("label") or r for r in two["rewards"]],
+    tuning_figure(read_table(a.sweep), table, two["points"], [cfg["rewards"][r].get("label") or r for r in two["rewards"]],
                   a.out)
 
 

@@ -367,32 +367,36 @@ def tuning_figure(sweep: pd.DataFrame, test: pd.DataFrame, points: list, labels:
     """The validation sweep, one panel per constraint point: every setting of every method at the point
     (``sweep``: tables/tuning.csv; hollow, val prompts) in mean reward 1 vs mean reward 2, the point's
     feasible quadrant shaded, and the chosen settings on the test prompts (``test``:
-    tables/tuning_test.csv; filled, joined to their val mark). Error bars: 95% intervals over the
-    tuning seeds and prompts; task NLL of each choice in the legend."""
+    tables/tuning_test.csv; filled, joined to their val mark). A method with one model per point (L3M,
+    MM) shows that point's models; one without points (the mixture's weight vectors, DPO, CPO) shows all
+    of its models in every panel, since the choice picks among them per point. Error bars: 95% intervals
+    over the tuning seeds and prompts; verdict and task NLL of each choice in the legend."""
     sns.set_theme(style="whitegrid", context="paper")
     n = max(1, len(points))
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False, sharex=True, sharey=True)
-    at = sweep[sweep["point"].notna()] if len(sweep) else sweep
-    xs = list(at["r1_mean"]) + list(test.get("r1_mean", [])) + [p[0] for p in points]
-    ys = list(at["r2_mean"]) + list(test.get("r2_mean", [])) + [p[1] for p in points]
+    xs = list(sweep.get("r1_mean", [])) + list(test.get("r1_mean", [])) + [p[0] for p in points]
+    ys = list(sweep.get("r2_mean", [])) + list(test.get("r2_mean", [])) + [p[1] for p in points]
     lim = (min(xs) - 0.2, max(xs) + 0.2, min(ys) - 0.2, max(ys) + 0.2)
     for i, ax in enumerate(axes[0][: len(points)]):
         b1, b2 = points[i]
         ax.fill_between([b1, lim[1]], b2, lim[3], color="tab:green", alpha=0.1, lw=0)
         ax.scatter([b1], [b2], marker="+", s=120, color="black", lw=1.5, zorder=4)
-        sub = at[at["point"] == i]
-        for method in dict.fromkeys(sub["method"]):
+        sub = sweep[(sweep["point"] == i) | sweep["point"].isna()] if len(sweep) else sweep
+        for method in dict.fromkeys(sub.get("method", [])):
             name, marker, color = style(method)
             m = sub[sub["method"] == method]
             ax.errorbar(m["r1_mean"], m["r2_mean"], xerr=err(m, "r1"), yerr=err(m, "r2"), fmt=marker, color=color,
                         mfc="none", ms=6, lw=0.6, alpha=0.7, label=f"{name}: settings on val")
             t = test[(test["point"] == i) & (test["method"] == method)] if len(test) else test
             for j, r in t.iterrows():
-                v = m[m["setting"] == r["setting"]].iloc[0]
-                ax.plot([v["r1_mean"], r["r1_mean"]], [v["r2_mean"], r["r2_mean"]], ls=":", color=color, lw=1)
+                v = m[(m["setting"] == r["setting"]) & (m["variant"] == r["variant"])]
+                if len(v):
+                    ax.plot([v["r1_mean"].iloc[0], r["r1_mean"]], [v["r2_mean"].iloc[0], r["r2_mean"]], ls=":",
+                            color=color, lw=1)
                 ax.errorbar(r["r1_mean"], r["r2_mean"], xerr=err(t.loc[[j]], "r1"), yerr=err(t.loc[[j]], "r2"),
                             fmt=marker, color=color, ms=8, mec="black", zorder=5,
-                            label=f"{name} {r['setting']} on test: {r['verdict']}, NLL {r['nll_mean']:.3f}")
+                            label=f"{name} {r['variant']} {r['setting']} on test: {r['verdict']}, "
+                                  f"NLL {r['nll_mean']:.3f}")
         ax.set(xlim=lim[:2], ylim=lim[2:], title=f"p{i} = ({b1:g}, {b2:g})", xlabel=f"mean {labels[0]}")
         ax.legend(fontsize=5, loc="lower left")
     axes[0][0].set_ylabel(f"mean {labels[1]}")

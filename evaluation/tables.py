@@ -20,6 +20,14 @@ from methods import registry
 from methods.registry import budget_of, chain, get, sft_sequences, variants
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A table this module wrote; an empty one (no rows, written as a bare line) reads as no rows."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def seed_results(results: str | Path, seed: int) -> Path:
     """One seed's results folder (samples/, metrics/) under results/<name>/."""
     return Path(results) / f"seed{seed}"
@@ -39,12 +47,13 @@ def grid(results: str | Path, seeds: list[int], model: str, metric: str) -> np.n
 
 def grid_of(dirs: list[Path], seeds: list[int], model: str, metric: str) -> np.ndarray:
     """``grid`` over explicit metric folders, one per seed (``model`` names them in errors). Task NLL
-    is aligned by example id on the first seed's order."""
+    is keyed by example id and laid out in sorted id order, so two models' NLL grids pair prompt by
+    prompt whatever order their files list the ids in."""
     rows, ids = [], None
     for s, d in zip(seeds, dirs):
         if metric == "nll":
             per = read_json(Path(d) / "perplexity.json")["per_example"]
-            ids = ids or list(per)
+            ids = ids or sorted(per)
             if set(per) != set(ids):
                 raise ValueError(f"{model} nll: seed {s} scored other prompts than seed {seeds[0]}")
             rows.append([per[i] for i in ids])
@@ -428,8 +437,10 @@ def tune_tables(cfg: dict, results: str | Path) -> tuple[pd.DataFrame, pd.DataFr
     model and setting: both rewards and task NLL on the val prompts, pooled over the tuning seeds, with
     95% intervals, and the verdict at every constraint point. Per constraint point and method the
     choice by the declared rule: among the method's models at the point (every model of a method
-    without points), those whose verdict is met; of them the lowest val task NLL; none where no
-    setting meets the point."""
+    without points), those whose verdict is met; of them the lowest val task NLL. Where none is met,
+    the one closest to meeting it: the largest worst one-sided slack min(r1_lower - b1, r2_lower - b2)
+    (its ``rule`` column says so; ``met_on_val`` is 0), so every method has a setting to report on test
+    and to ship, and the table says it was not met."""
     import json
 
     from methods.registry import tune_rows
@@ -445,8 +456,10 @@ def tune_tables(cfg: dict, results: str | Path) -> tuple[pd.DataFrame, pd.DataFr
         _with_interval(row, "r1", g1)
         _with_interval(row, "r2", g2)
         _with_interval(row, "nll", grid(results, seeds, key, "nll"))
+        (row["r1_lower"], _), (row["r2_lower"], _) = stats.one_sided(g1), stats.one_sided(g2)
         for i, (b1, b2) in enumerate(points):
             row[f"verdict_p{i}"] = stats.combine([stats.verdict(g1, lo=b1)["verdict"], stats.verdict(g2, lo=b2)["verdict"]])
+            row[f"slack_p{i}"] = min(row["r1_lower"] - b1, row["r2_lower"] - b2)
         rows.append(row)
     table = pd.DataFrame(rows)
     choice = []
@@ -454,13 +467,15 @@ def tune_tables(cfg: dict, results: str | Path) -> tuple[pd.DataFrame, pd.DataFr
         for method in dict.fromkeys(table["method"]) if len(table) else []:
             cand = table[(table["method"] == method) & (table["point"].isna() | (table["point"] == i))]
             met = cand[cand[f"verdict_p{i}"] == "met"].sort_values("nll_mean", kind="stable")
-            best = met.iloc[0] if len(met) else None
+            if len(met):
+                best, rule = met.iloc[0], "met on val (one-sided 95% bounds), then the lowest val task NLL"
+            else:
+                best = cand.sort_values(f"slack_p{i}", ascending=False, kind="stable").iloc[0]
+                rule = "none met on val: the largest worst one-sided slack (closest to meeting the point)"
             choice.append({"point": i, "method": method, "candidates": len(cand), "met_on_val": len(met),
-                           "variant": best["variant"] if best is not None else None,
-                           "setting": best["setting"] if best is not None else None,
-                           "values": best["values"] if best is not None else None,
-                           "val_nll": best["nll_mean"] if best is not None else None,
-                           "rule": "met on val (one-sided 95% bounds), then the lowest val task NLL"})
+                           "variant": best["variant"], "setting": best["setting"], "values": best["values"],
+                           "val_nll": best["nll_mean"], "val_verdict": best[f"verdict_p{i}"],
+                           "val_slack": best[f"slack_p{i}"], "rule": rule})
     return table, pd.DataFrame(choice)
 
 
@@ -470,10 +485,12 @@ def tune_test_tables(cfg: dict, results: str | Path, choice: pd.DataFrame) -> tu
     and method with a chosen setting: both rewards and task NLL on the test prompts pooled over the
     tuning seeds with 95% intervals, the verdict at the point and the share of seeds meeting it. And
     per point, the L3M choice against every other method's choice there: L3M minus the other in task
-    NLL and both rewards, paired on the same seeds and prompts, with a sentence to quote. A method
-    whose settings all failed the point on val has no row (the choice's ``setting`` is empty)."""
+    NLL and both rewards, paired on the same seeds and prompts, with a sentence to quote. A choice
+    without a setting (an empty sweep) has no row."""
     tw, seeds = cfg["experiments"]["two_reward"], cfg["tune"]["seeds"]
     (r1, r2), points = tw["rewards"], tw["points"]
+    if "setting" not in choice:
+        return pd.DataFrame(), pd.DataFrame()
     chosen = choice[choice["setting"].notna() & (choice["setting"].astype(str) != "")]
     grids = Grids(results, seeds)
     rows, keys = [], {}
@@ -483,8 +500,8 @@ def tune_test_tables(cfg: dict, results: str | Path, choice: pd.DataFrame) -> tu
         b1, b2 = points[int(c.point)]
         g1, g2 = grids(key, r1), grids(key, r2)
         row = {"point": int(c.point), "method": c.method, "variant": c.variant, "setting": c.setting,
-               "values": c.values, "chosen_on": "val", "n_seeds": len(seeds), "n_prompts": g1.shape[1],
-               "b1": b1, "b2": b2}
+               "values": c.values, "chosen_on": "val", "val_verdict": getattr(c, "val_verdict", None),
+               "n_seeds": len(seeds), "n_prompts": g1.shape[1], "b1": b1, "b2": b2}
         _with_interval(row, "r1", g1)
         _with_interval(row, "r2", g2)
         _with_interval(row, "nll", grids(key, "nll"))

@@ -31,7 +31,8 @@ def _write(root, seed, model, nll, a, b):
 
 def test_tuning_chooses_the_lowest_nll_among_the_settings_met_on_val(tmp_path):
     """Per point, three MM settings: at p0 s0 meets with NLL 3.0, s1 meets with NLL 2.5, s2 has the
-    lowest NLL (2.0) but fails the point; so s1. At p1 (bounds 1, 1) nothing meets: no choice."""
+    lowest NLL (2.0) but fails the point; so s1. At p1 (bounds 1, 1) nothing meets: the one closest to
+    meeting it, s0 (rewards 0.7 against s1's 0.5 and s2's -0.5), marked as not met."""
     from evaluation.tables import tune_tables
 
     cfg = _cfg()
@@ -40,7 +41,7 @@ def test_tuning_chooses_the_lowest_nll_among_the_settings_met_on_val(tmp_path):
         ("mm_pt0", "s0"), ("mm_pt1", "s0"), ("mm_pt0", "s1"), ("mm_pt1", "s1"), ("mm_pt0", "s2"), ("mm_pt1", "s2")]
     assert rows[2]["overrides"]["mm"] == {"dual_lr": 1.0} and rows[2]["overrides"]["constraints"][0]["bound"] == 0.0
     rng = np.random.default_rng(0)
-    spec = {"s0": (3.0, 0.5), "s1": (2.5, 0.5), "s2": (2.0, -0.5)}  # (NLL, both rewards' mean)
+    spec = {"s0": (3.0, 0.7), "s1": (2.5, 0.5), "s2": (2.0, -0.5)}  # (NLL, both rewards' mean)
     for r in rows:
         nll, reward = spec[r["setting"]]
         for seed in (1, 2):
@@ -53,7 +54,11 @@ def test_tuning_chooses_the_lowest_nll_among_the_settings_met_on_val(tmp_path):
     assert (p0["variant"], p0["setting"], p0["met_on_val"], p0["candidates"]) == ("mm_pt0", "s1", 2, 3)
     assert json.loads(p0["values"]) == {"mm.dual_lr": 1.0} and p0["val_nll"] == pytest.approx(2.5, abs=0.02)
     p1 = choice[(choice["point"] == 1)].iloc[0]
-    assert p1["met_on_val"] == 0 and p1["setting"] is None or p1["setting"] != p1["setting"]  # None (NaN in pandas)
+    assert (p1["setting"], p1["met_on_val"], p1["val_verdict"]) == ("s0", 0, "violated")
+    assert p1["rule"].startswith("none met on val") and p0["rule"].startswith("met on val")
+    # the slack is the worst one-sided 95% lower bound minus its bound: below -0.3 (the mean's gap), above -0.35
+    assert -0.35 < p1["val_slack"] < -0.3 and p1["val_slack"] == pytest.approx(
+        table.loc[(table["variant"] == "mm_pt1") & (table["setting"] == "s0"), "slack_p1"].iloc[0])
 
 
 def test_comparisons_pair_the_same_seeds_and_prompts(tmp_path):
@@ -151,11 +156,32 @@ def test_the_tuned_choice_is_reported_on_the_test_prompts(tmp_path):
     assert comps[comps["metric"] == "a"]["delta"].iloc[0] == pytest.approx(0.0, abs=1e-12)
     from evaluation.figures import tuning_figure
 
-    sweep = pd.DataFrame([{"method": m, "point": p, "setting": st, **{f"{k}_{q}": v + d for k, v in (("r1", 0.4), ("r2", 0.3))
-                                                                      for q, d in (("mean", 0), ("lo", -0.1), ("hi", 0.1))}}
+    sweep = pd.DataFrame([{"method": m, "variant": f"{m}_pt{p}", "point": p, "setting": st,
+                           **{f"{k}_{q}": v + d for k, v in (("r1", 0.4), ("r2", 0.3))
+                              for q, d in (("mean", 0), ("lo", -0.1), ("hi", 0.1))}}
                           for m in ("l3m", "mm") for p in (0, 1) for st in ("s0", "s1")])
     outs = tuning_figure(sweep, table, cfg["experiments"]["two_reward"]["points"], ["a", "b"], tmp_path / "tuning.png")
     assert [o.suffix for o in outs] == [".png", ".pdf"] and all(o.stat().st_size > 5000 for o in outs)
+    # a method without points (the mixture's weight vectors) is drawn in every panel, its choice in its point's
+    import evaluation.figures as figures
+
+    mix = pd.DataFrame([{"method": "mixture", "variant": f"mix{j}", "point": None, "setting": "s0",
+                         **{f"r{k}_{q}": 0.1 * j + d for k in (1, 2) for q, d in (("mean", 0), ("lo", -0.1), ("hi", 0.1))}}
+                        for j in (0, 1)])
+    chose = table.iloc[[0]].assign(method="mixture", variant="mix1", setting="s0", verdict="undecided")
+    drawn = {}
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(figures, "save", lambda fig, png: drawn.setdefault("labels", [
+        [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]))
+    try:
+        figures.tuning_figure(pd.concat([sweep, mix], ignore_index=True), pd.concat([table, chose], ignore_index=True),
+                              cfg["experiments"]["two_reward"]["points"], ["a", "b"], tmp_path / "t2.png")
+    finally:
+        monkey.undo()
+    p0, p1 = drawn["labels"]
+    assert "mixture RLHF: settings on val" in p0 and "mixture RLHF: settings on val" in p1
+    assert any(x.startswith("mixture RLHF mix1 s0 on test: undecided") for x in p0)
+    assert not any("on test" in x and "mixture" in x for x in p1)
 
 
 def test_tuned_settings_reach_only_their_points_model():
@@ -179,3 +205,55 @@ def test_tuned_settings_reach_only_their_points_model():
         with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
             validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": tuned}}},
                             check_paths=False)
+
+
+def test_per_model_settings_are_checked_before_any_job_like_the_job_would_see_them():
+    """A tuned entry or a sweep setting: its values pass the schema of their section, and under a
+    budget mode they may not change what the model's chain trains on (the job re-derives its steps from
+    its own settings); budgeted steps are never set. Under budget.mode none the same keys are fine.
+    The numbers, by hand from config/config.yaml (equal compute, L3M 160 steps of 32 task pairs + 8 x 4
+    samples; SFT 5,120 sequences): L3M 10,240 sequences, MM 80 x 64 = 5,120. MM with 64 sampled prompts
+    a step (32 + 256 a step): L3M's run would be 160 x 288 = 46,080, so MM ceil(40,960 / 288) = 143 steps,
+    41,184 sequences. L3M at 320 steps: 20,480. MM with 8 samples per prompt (32 + 64 a step):
+    ceil((15,360 - 5,120) / 96) = 107 steps, 10,272 sequences."""
+    from methods.core.config import ConfigError, read_config_file
+
+    from .conftest import REPO
+
+    raw = read_config_file(REPO / "config" / "config.yaml")
+    two = raw["experiments"]["two_reward"]
+    rest = [None, None, None]
+    bad = [({"mm": [{"mm.dual_lr": "abc"}, *rest]}, r"tuned.mm\[0\]: config.mm.dual_lr: 'abc' has the wrong type"),
+           ({"mm": [*rest, {"mm.dual_lr": -5}]}, r"tuned.mm\[3\]: config.mm.dual_lr: -5 is less than"),
+           ({"mm": [{"onpolicy.sample_prompts": 64}, *rest]}, r"tuned.mm\[0\]: .* mm train on 41184 sequences instead of 5120"),
+           ({"l3m": [{"l3m.steps": 320}, *rest]}, r"tuned.l3m\[0\]: .* l3m train on 20480 sequences instead of 10240"),
+           ({"mm": [{"mm.steps": 100}, *rest]}, r"tuned.mm\[0\].mm.steps: budgeted steps follow from budget.mode")]
+    for tuned, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": tuned}}},
+                            check_paths=False)
+    with pytest.raises(ConfigError, match=r"config.tune.grid.mm: .* mm train on 10272 sequences instead of 5120"):
+        validate_config({**raw, "tune": {"grid": {"mm": {"mm.dual_lr": [0.5], "onpolicy.samples_per_prompt": [8]}}}},
+                        check_paths=False)
+    ok = {"mm": [{"mm.dual_lr": 2.0, "mm.beta": 0.01}, *rest], "l3m": [*rest, {"l3m.barrier_max_norm": 8}]}
+    validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": ok}}},
+                    check_paths=False)
+    validate_config({**raw, "budget": {"mode": "none"}, "experiments": {**raw["experiments"], "two_reward": {
+        **two, "tuned": {"mm": [{"onpolicy.sample_prompts": 64}, *rest]}}}}, check_paths=False)
+
+
+def test_nll_grids_pair_by_example_id_whatever_order_the_files_list_them(tmp_path):
+    """Two models with the same per-example NLL written in opposite id orders: the paired difference
+    is exactly 0 (laid out in the files' order it would pair id0 with id39)."""
+    from evaluation import stats
+    from evaluation.tables import Grids
+
+    rng = np.random.default_rng(5)
+    vals = rng.normal(4.0, 1.0, size=40)
+    for seed in (1, 2):
+        for model, order in (("x", range(40)), ("y", reversed(range(40)))):
+            d = tmp_path / f"seed{seed}" / "metrics" / model
+            d.mkdir(parents=True)
+            (d / "perplexity.json").write_text(json.dumps({"per_example": {f"id{i}": vals[i] for i in order}}))
+    grids = Grids(tmp_path, [1, 2])
+    assert stats.paired(grids("x", "nll"), grids("y", "nll")) == (0.0, 0.0, 0.0)

@@ -246,38 +246,8 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
     if cfg["tune"]["seeds"] is None:
         cfg["tune"]["seeds"] = list(cfg["seeds"])
     errs = []
-    for method, grid in cfg["tune"]["grid"].items():
-        if method not in METHODS or METHODS[method].grid not in ("constraints", "weights", "single"):
-            errs.append(f"config.tune.grid.{method}: not a method of the two-reward experiment "
-                        f"({sorted(m.name for m in METHODS.values() if m.grid)})")
-            continue
-        for key in grid:
-            section, name = key.split(".")
-            if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
-                errs.append(f"config.tune.grid.{method}.{key}: no such config key; name a key as section.key "
-                            f"(e.g. {method}.lr)")
-    two = cfg["experiments"]["two_reward"]
-    for method, per_point in two["tuned"].items():
-        where = f"config.experiments.two_reward.tuned.{method}"
-        if method not in METHODS or METHODS[method].grid != "constraints":
-            errs.append(f"{where}: not a method with one model per constraint point "
-                        f"({sorted(m.name for m in METHODS.values() if m.grid == 'constraints')}); set the "
-                        "other methods' chosen values in their own sections")
-            continue
-        if len(per_point) != len(two["points"]):
-            errs.append(f"{where}: {len(per_point)} entries for {len(two['points'])} constraint points; give one "
-                        "per point (null: the method's own settings)")
-            continue
-        for i, values in enumerate(per_point):
-            for key in values or {}:
-                section, name = key.split(".")
-                if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
-                    errs.append(f"{where}[{i}].{key}: no such config key; name a key as section.key "
-                                f"(e.g. {method}.lr)")
     b = cfg["budget"]
-    if b["mode"] == "none":
-        return errs
-    if b["reference"] not in METHODS or METHODS[b["reference"]].budget is None:
+    if b["mode"] != "none" and (b["reference"] not in METHODS or METHODS[b["reference"]].budget is None):
         with_budget = sorted(m.name for m in METHODS.values() if m.budget)
         return errs + [f"config.budget.reference: {b['reference']!r} is not a method with a budget ({with_budget})"]
     try:
@@ -297,7 +267,81 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
                         f"{b['reference']}'s steps and each method's sequences per step); remove config.{key} "
                         f"or set budget.mode: none")
         cfg[section][name] = steps
-    b["derived"] = derived
+    if b["mode"] != "none":
+        b["derived"] = derived
+    import itertools
+
+    for method, grid in cfg["tune"]["grid"].items():
+        if method not in METHODS or METHODS[method].grid not in ("constraints", "weights", "single"):
+            errs.append(f"config.tune.grid.{method}: not a method of the two-reward experiment "
+                        f"({sorted(m.name for m in METHODS.values() if m.grid)})")
+            continue
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            errs += _setting_errors(cfg, method, dict(zip(keys, combo)), f"config.tune.grid.{method}")
+    two = cfg["experiments"]["two_reward"]
+    for method, per_point in two["tuned"].items():
+        where = f"config.experiments.two_reward.tuned.{method}"
+        if method not in METHODS or METHODS[method].grid != "constraints":
+            errs.append(f"{where}: not a method with one model per constraint point "
+                        f"({sorted(m.name for m in METHODS.values() if m.grid == 'constraints')}); set the "
+                        "other methods' chosen values in their own sections")
+            continue
+        if len(per_point) != len(two["points"]):
+            errs.append(f"{where}: {len(per_point)} entries for {len(two['points'])} constraint points; give one "
+                        "per point (null: the method's own settings)")
+            continue
+        for i, values in enumerate(per_point):
+            errs += _setting_errors(cfg, method, values or {}, f"{where}[{i}]")
+    return list(dict.fromkeys(errs))  # a grid key's error once, not once per combination
+
+
+def _setting_errors(cfg: dict, method: str, values: dict, where: str) -> list[str]:
+    """One model's own settings ({"section.key": value}: a sweep setting of config.tune.grid, or a chosen
+    entry of experiments.two_reward.tuned) checked before any job, as its training job would see them:
+    each key exists, the changed sections still pass the schema, and under a budget mode the model's chain
+    (SFT then MM; L3M alone) trains on the same sequences as without them. The job re-derives its budgeted
+    steps from its own settings, so a key that changes the sequences per step (onpolicy.sample_prompts) or
+    the reference's steps would silently change what the model is compared at; budgeted steps themselves
+    are derived, never set."""
+    from jsonschema import Draft202012Validator
+
+    from methods.registry import budget_steps, chain, nest, sequences
+
+    errs = []
+    for key in values:
+        section, name = key.split(".")
+        if not isinstance(cfg.get(section), dict) or name not in cfg[section]:
+            errs.append(f"{where}.{key}: no such config key; name a key as section.key (e.g. {method}.lr)")
+    if errs:
+        return errs
+    changed = nest(values)
+    merged = deep_merge(cfg, changed)
+    props = _schema()["properties"]
+    for section in changed:
+        validator = Draft202012Validator(props[section])
+        errs += [f"{where}: {_message(e).replace('config', f'config.{section}', 1)}"
+                 for e in validator.iter_errors(merged[section])]
+    if errs or cfg["budget"]["mode"] == "none":
+        return errs
+    mode = cfg["budget"]["mode"]
+    for key in [k for k in values if k in (cfg["budget"].get("derived") or {})]:
+        errs.append(f"{where}.{key}: budgeted steps follow from budget.mode {mode}; leave the key out (or set "
+                    "budget.mode: none)")
+    if errs:
+        return errs
+    try:
+        for key, steps in budget_steps(merged).items():  # as the job re-derives them from its own settings
+            section, name = key.split(".")
+            merged[section][name] = steps
+    except ValueError as e:
+        return [f"{where}: {e}"]
+    for c in chain(method):
+        was, now = sequences(cfg, c), sequences(merged, c)
+        if was != now:
+            errs.append(f"{where}: {values} would make {c} train on {now} sequences instead of {was}, off the "
+                        f"budget every method gets under budget.mode {mode}; leave keys that set steps or sequences "
+                        "per step out of per-model settings, or set budget.mode: none")
     return errs
 
 

@@ -1,7 +1,8 @@
 # The validation sweep (`snakemake --cores all tune`): one Paramspace grid of (variant, setting) rows from
 # config.tune.grid (methods/registry.py `tune_rows`), each trained per tuning seed with its variant's overrides
 # and the setting's keys, sampled and scored on the val prompts; then the sweep's table and the setting chosen
-# per constraint point and method by the declared rule (met on val, then the lowest val task NLL); then only the
+# per constraint point and method by the declared rule (met on val, then the lowest val task NLL; none met: the
+# closest to meeting it); then only the
 # chosen models are sampled and scored on the test prompts (tune_table is a checkpoint) and compared, paired.
 from snakemake.utils import Paramspace
 
@@ -111,9 +112,11 @@ checkpoint tune_table:
 def tune_test_inputs(wildcards):
     """The test-prompt metrics of the settings the sweep chose on val (a checkpoint: known once
     tables/tuning_choice.csv exists)."""
-    import pandas as pd
+    from evaluation.tables import read_table
 
-    choice = pd.read_csv(checkpoints.tune_table.get().output.choice)
+    choice = read_table(checkpoints.tune_table.get().output.choice)
+    if "setting" not in choice:  # an empty sweep
+        return []
     chosen = choice[choice["setting"].notna()]
     keys = sorted({f"variant~{v}_setting~{st}" for v, st in zip(chosen["variant"], chosen["setting"])})
     return expand(
