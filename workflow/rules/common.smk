@@ -293,3 +293,22 @@ wildcard_constraints:
     model="[A-Za-z0-9_]+",
     variant="[A-Za-z0-9_]+",
     reward="[A-Za-z0-9_]+",
+
+
+# the validation sweep (tune.smk): its checkpoint decides which models are scored on test
+def tune_test_inputs(wildcards):
+    """The test-prompt metrics of the settings the sweep chose on val (a checkpoint: known once
+    tables/tuning_choice.csv exists)."""
+    from evaluation.tables import read_table
+
+    choice = read_table(checkpoints.tune_table.get().output.choice)
+    if "setting" not in choice:  # an empty sweep
+        return []
+    chosen = choice[choice["setting"].notna()]
+    keys = sorted({f"variant~{v}_setting~{st}" for v, st in zip(chosen["variant"], chosen["setting"])})
+    return expand(
+        f"{TUNE_OUT}/test/seed{{seed}}/metrics/{{key}}/{{m}}.json",
+        seed=TUNE_SEEDS,
+        key=keys,
+        m=["perplexity"] + [f"reward_{r}" for r in TUNE_REWARDS],
+    )

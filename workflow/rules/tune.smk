@@ -109,24 +109,6 @@ checkpoint tune_table:
         "--table {output.table} --choice {output.choice} > {log} 2>&1"
 
 
-def tune_test_inputs(wildcards):
-    """The test-prompt metrics of the settings the sweep chose on val (a checkpoint: known once
-    tables/tuning_choice.csv exists)."""
-    from evaluation.tables import read_table
-
-    choice = read_table(checkpoints.tune_table.get().output.choice)
-    if "setting" not in choice:  # an empty sweep
-        return []
-    chosen = choice[choice["setting"].notna()]
-    keys = sorted({f"variant~{v}_setting~{st}" for v, st in zip(chosen["variant"], chosen["setting"])})
-    return expand(
-        f"{TUNE_OUT}/test/seed{{seed}}/metrics/{{key}}/{{m}}.json",
-        seed=TUNE_SEEDS,
-        key=keys,
-        m=["perplexity"] + [f"reward_{r}" for r in TUNE_REWARDS],
-    )
-
-
 rule tune_test_table:
     input:
         sweep=f"{OUT}/tables/tuning.csv",
