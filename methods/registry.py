@@ -14,6 +14,7 @@ never from the model's name.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -239,6 +240,21 @@ class Variant:
     weights: list | None = field(default=None)  # two_reward, "weights" methods: the weight vector
 
 
+def tuned_setting(two: dict, method: str, point: list) -> dict:
+    """The chosen setting ({"section.key": value}) of experiments.two_reward.tuned for ``method`` at
+    ``point``: the entry whose point equals it, where the entries were chosen for the experiment's reward
+    pair (tuned.rewards); {} (the method's own settings) otherwise. Keyed by the point itself, so an
+    overlay with other points or rewards never inherits a setting chosen for another point."""
+    tuned = two.get("tuned") or {}
+    if list(tuned.get("rewards") or []) != list(two["rewards"]):
+        return {}
+    for entry in tuned.get(method) or []:
+        if len(entry["point"]) == len(point) and all(math.isclose(a, b, abs_tol=1e-9)
+                                                      for a, b in zip(entry["point"], point)):
+            return dict(entry["set"])
+    return {}
+
+
 def nest(values: dict) -> dict:
     """{"section.key": value} -> {section: {key: value}}: a sweep setting as config overrides."""
     out: dict = {}
@@ -268,11 +284,11 @@ def variants(cfg: dict) -> dict[str, Variant]:
                 continue
             pre = m.prefix or m.name
             if m.grid == "constraints":
-                tuned = two.get("tuned", {}).get(m.name) or [None] * len(two["points"])
                 for i, pt in enumerate(two["points"]):
                     cons = {"constraints": [{"reward": r, "bound": b, "direction": ">="}
                                             for r, b in zip(two["rewards"], pt)]}
-                    add(Variant(f"{pre}_pt{i}", m.name, "two_reward", {**nest(tuned[i] or {}), **cons}, point=i))
+                    chosen = tuned_setting(two, m.name, pt)
+                    add(Variant(f"{pre}_pt{i}", m.name, "two_reward", {**nest(chosen), **cons}, point=i))
             elif m.grid == "weights":
                 for j, w in enumerate(cfg[m.name]["weights"]):
                     add(Variant(f"{pre}{j}", m.name, "two_reward", {m.name: {"weight": w}}, weights=w))

@@ -280,19 +280,26 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
         for combo in itertools.product(*(grid[k] for k in keys)):
             errs += _setting_errors(cfg, method, dict(zip(keys, combo)), f"config.tune.grid.{method}")
     two = cfg["experiments"]["two_reward"]
-    for method, per_point in two["tuned"].items():
+    tuned = two["tuned"]
+    entries = {m: e for m, e in tuned.items() if m != "rewards"}
+    if entries and not tuned.get("rewards"):
+        errs.append("config.experiments.two_reward.tuned.rewards: missing; name the reward pair the entries were "
+                    f"chosen for (e.g. rewards: {two['rewards']}), so that no other experiment inherits them")
+    for method, per_point in entries.items():
         where = f"config.experiments.two_reward.tuned.{method}"
         if method not in METHODS or METHODS[method].grid != "constraints":
             errs.append(f"{where}: not a method with one model per constraint point "
                         f"({sorted(m.name for m in METHODS.values() if m.grid == 'constraints')}); set the "
                         "other methods' chosen values in their own sections")
             continue
-        if len(per_point) != len(two["points"]):
-            errs.append(f"{where}: {len(per_point)} entries for {len(two['points'])} constraint points; give one "
-                        "per point (null: the method's own settings)")
-            continue
-        for i, values in enumerate(per_point):
-            errs += _setting_errors(cfg, method, values or {}, f"{where}[{i}]")
+        seen = []
+        for i, entry in enumerate(per_point):
+            if len(entry["point"]) != len(two["rewards"]):
+                errs.append(f"{where}[{i}].point: {len(entry['point'])} bounds for {len(two['rewards'])} rewards")
+            elif any(all(abs(a - b) <= 1e-9 for a, b in zip(entry["point"], p)) for p in seen):
+                errs.append(f"{where}[{i}].point: {entry['point']} has an entry already; give one per point")
+            seen.append(entry["point"])
+            errs += _setting_errors(cfg, method, entry["set"], f"{where}[{i}].set")
     return list(dict.fromkeys(errs))  # a grid key's error once, not once per combination
 
 
