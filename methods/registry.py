@@ -14,7 +14,6 @@ never from the model's name.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -106,7 +105,7 @@ METHODS: dict[str, Method] = {
                grid="constraints", style=("MM", "s", "tab:blue"),
                budget=("mm.steps", lambda cfg: _onpolicy_sequences(cfg, cfg["mm"]["task_weight"]))),
         Method("mixture", "methods.mixture", "sft", "mixture-of-rewards RLHF with KL to SFT (TRL RLOOTrainer)",
-               reads=("onpolicy.temperature", "rewards", "experiments.two_reward"), needs=_mixture_rewards,
+               reads=("onpolicy.temperature", "rewards", "experiments.two_reward.rewards"), needs=_mixture_rewards,
                grid="weights", prefix="mix", style=("mixture RLHF", "^", "tab:green"),
                budget=("mixture.steps", lambda cfg: _per_process(
                    cfg, cfg["mixture"]["prompts_per_step"] * cfg["mixture"]["samples_per_prompt"]))),
@@ -240,17 +239,19 @@ class Variant:
     weights: list | None = field(default=None)  # two_reward, "weights" methods: the weight vector
 
 
+def same_point(a, b) -> bool:
+    """Two constraint points (b_1, b_2, ...) are the same point: equal lengths, each bound within 1e-9."""
+    return len(a) == len(b) and all(abs(x - y) <= 1e-9 for x, y in zip(a, b))
+
+
 def tuned_setting(two: dict, method: str, point: list) -> dict:
     """The chosen setting ({"section.key": value}) of experiments.two_reward.tuned for ``method`` at
-    ``point``: the entry whose point equals it, where the entries were chosen for the experiment's reward
-    pair (tuned.rewards); {} (the method's own settings) otherwise. Keyed by the point itself, so an
-    overlay with other points or rewards never inherits a setting chosen for another point."""
-    tuned = two.get("tuned") or {}
-    if list(tuned.get("rewards") or []) != list(two["rewards"]):
-        return {}
-    for entry in tuned.get(method) or []:
-        if len(entry["point"]) == len(point) and all(math.isclose(a, b, abs_tol=1e-9)
-                                                      for a, b in zip(entry["point"], point)):
+    ``point``: the entry of that method whose reward pair is the experiment's and whose point is this
+    one; {} (the method's own settings) otherwise. Keyed by the rewards and the point themselves, so an
+    overlay with other rewards never inherits a setting chosen for another experiment."""
+    for entry in two.get("tuned") or []:
+        if entry["method"] == method and list(entry["rewards"]) == list(two["rewards"]) \
+                and same_point(entry["point"], point):
             return dict(entry["set"])
     return {}
 

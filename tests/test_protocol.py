@@ -185,40 +185,43 @@ def test_the_tuned_choice_is_reported_on_the_test_prompts(tmp_path):
 
 
 def test_tuned_settings_reach_only_their_points_model():
-    """experiments.two_reward.tuned: entries keyed by reward pair and point; an entry's keys become the
-    model of the point equal to its point (and so its training fingerprint), the other points keep the
-    method's own settings, and the sweep still varies its grid keys over them. An experiment with other
-    points or other rewards (an overlay's, with the shipped entries merged in) inherits nothing. Bad
-    entries are named before any job."""
+    """experiments.two_reward.tuned: entries keyed by method, reward pair and point; an entry's keys
+    become the model of the point equal to its point (and so its training fingerprint), the other
+    points keep the method's own settings, and the sweep still varies its grid keys over them. The
+    same point reordered among others keeps its entry; an experiment on another reward pair (an
+    overlay's, with the shipped entries still there) inherits nothing. Bad entries are named before
+    any job: among them a point of this pair that is none of the experiment's (a typo would otherwise
+    train the untuned model silently) and the pair in another order."""
     from methods.core.config import ConfigError
     from methods.registry import variants
 
     raw = _cfg()
-    entry = {"point": [1.0, 1.0], "set": {"mm.dual_lr": 2.0, "mm.beta": 0.01}}
-    two = {**raw["experiments"]["two_reward"], "tuned": {"rewards": ["a", "b"], "mm": [entry]}}
+    raw["rewards"]["c"] = raw["rewards"]["a"]
+    entry = {"method": "mm", "rewards": ["a", "b"], "point": [1.0, 1.0], "set": {"mm.dual_lr": 2.0, "mm.beta": 0.01}}
+    two = {**raw["experiments"]["two_reward"], "tuned": [entry]}
     cfg = validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": two}}, check_paths=False)
     vs = variants(cfg)
     assert "mm" not in vs["mm_pt0"].overrides and vs["mm_pt1"].overrides["mm"] == {"dual_lr": 2.0, "beta": 0.01}
     assert vs["mm_pt1"].overrides["constraints"][0]["bound"] == 1.0
     rows = {(r["variant"], r["setting"]): r for r in tune_rows(cfg)}
     assert rows[("mm_pt1", "s0")]["overrides"]["mm"] == {"dual_lr": 0.1, "beta": 0.01}  # the grid's key wins
-    # the same entries under other points (reordered, one new) or another reward pair
-    for other in ({"points": [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]}, {"points": [[0.5, 0.5]]}, {"rewards": ["b", "a"]}):
+    for other, tuned_at in (({"points": [[0.5, 0.5], [1.0, 1.0], [0.0, 0.0]]}, (1.0, 1.0)),
+                            ({"rewards": ["a", "c"]}, None)):
         cfg = validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, **other}}},
                               check_paths=False)
         by_point = {tuple(p): variants(cfg)[f"mm_pt{i}"].overrides.get("mm")
                     for i, p in enumerate(cfg["experiments"]["two_reward"]["points"])}
-        want = {p: ({"dual_lr": 2.0, "beta": 0.01} if p == (1.0, 1.0) and "rewards" not in other else None)
-                for p in by_point}
-        assert by_point == want, other
-    for tuned, field in (({"mm": [entry]}, "tuned.rewards: missing; name the reward pair"),
-                         ({"rewards": ["a", "b"], "mm": [entry, {**entry, "set": {}}]}, "tuned.mm[1].point: [1.0, 1.0] has an entry already"),
-                         ({"rewards": ["a", "b"], "mm": [{"point": [1.0], "set": {}}]}, "tuned.mm[0].point: 1 bounds for 2 rewards"),
-                         ({"rewards": ["a", "b"], "mm": [{**entry, "set": {"mm.dual_rate": 1.0}}]},
-                          "tuned.mm[0].set.mm.dual_rate: no such config key"),
-                         ({"rewards": ["a", "b"], "mm": [{"set": {}}]}, "'point' is a required property"),
-                         ({"rewards": ["a", "b"], "mixture": [entry]}, "tuned.mixture: not a method with one model per")):
-        with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        assert by_point == {p: ({"dual_lr": 2.0, "beta": 0.01} if p == tuned_at else None) for p in by_point}, other
+    bad = [([{**entry, "point": [1.0, 1.0 + 1e-6]}], "tuned[0].point: [1.0, 1.000001] is none of experiments.two_reward.points"),
+           ([{**entry, "rewards": ["b", "a"]}], "tuned[0].rewards: ['b', 'a'] is the experiment's pair in another order"),
+           ([{**entry, "rewards": ["a", "z"]}], "tuned[0].rewards: ['z'] not defined in config.rewards"),
+           ([entry, {**entry, "set": {}}], "tuned[1]: mm at [1.0, 1.0] has an entry already"),
+           ([{**entry, "point": [1.0]}], "tuned[0].point: 1 bounds for 2 rewards"),
+           ([{**entry, "set": {"mm.dual_rate": 1.0}}], "tuned[0].set.mm.dual_rate: no such config key"),
+           ([{k: v for k, v in entry.items() if k != "point"}], "'point' is a required property"),
+           ([{**entry, "method": "mixture"}], "tuned[0].method: mixture is not a method with one model per")]
+    for tuned, field in bad:
+        with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
             validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": tuned}}},
                             check_paths=False)
 
@@ -241,13 +244,13 @@ def test_per_model_settings_are_checked_before_any_job_like_the_job_would_see_th
     p0, p3 = two["points"][0], two["points"][3]
 
     def tuned(method, point, values):
-        return {"rewards": two["rewards"], method: [{"point": point, "set": values}]}
+        return [{"method": method, "rewards": two["rewards"], "point": point, "set": values}]
 
-    bad = [(tuned("mm", p0, {"mm.dual_lr": "abc"}), r"tuned.mm\[0\].set: config.mm.dual_lr: 'abc' has the wrong type"),
-           (tuned("mm", p3, {"mm.dual_lr": -5}), r"tuned.mm\[0\].set: config.mm.dual_lr: -5 is less than"),
-           (tuned("mm", p0, {"onpolicy.sample_prompts": 64}), r"tuned.mm\[0\].set: .* mm train on 41184 sequences instead of 5120"),
-           (tuned("l3m", p0, {"l3m.steps": 320}), r"tuned.l3m\[0\].set: .* l3m train on 20480 sequences instead of 10240"),
-           (tuned("mm", p0, {"mm.steps": 100}), r"tuned.mm\[0\].set.mm.steps: budgeted steps follow from budget.mode")]
+    bad = [(tuned("mm", p0, {"mm.dual_lr": "abc"}), r"tuned\[0\].set: config.mm.dual_lr: 'abc' has the wrong type"),
+           (tuned("mm", p3, {"mm.dual_lr": -5}), r"tuned\[0\].set: config.mm.dual_lr: -5 is less than"),
+           (tuned("mm", p0, {"onpolicy.sample_prompts": 64}), r"tuned\[0\].set: .* mm train on 41184 sequences instead of 5120"),
+           (tuned("l3m", p0, {"l3m.steps": 320}), r"tuned\[0\].set: .* l3m train on 20480 sequences instead of 10240"),
+           (tuned("mm", p0, {"mm.steps": 100}), r"tuned\[0\].set.mm.steps: budgeted steps follow from budget.mode")]
     for t, match in bad:
         with pytest.raises(ConfigError, match=match):
             validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": t}}},
@@ -255,7 +258,7 @@ def test_per_model_settings_are_checked_before_any_job_like_the_job_would_see_th
     with pytest.raises(ConfigError, match=r"config.tune.grid.mm: .* mm train on 10272 sequences instead of 5120"):
         validate_config({**raw, "tune": {"grid": {"mm": {"mm.dual_lr": [0.5], "onpolicy.samples_per_prompt": [8]}}}},
                         check_paths=False)
-    ok = {**tuned("mm", p0, {"mm.dual_lr": 2.0, "mm.beta": 0.01}), **tuned("l3m", p3, {"l3m.barrier_max_norm": 8})}
+    ok = tuned("mm", p0, {"mm.dual_lr": 2.0, "mm.beta": 0.01}) + tuned("l3m", p3, {"l3m.barrier_max_norm": 8})
     validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": {**two, "tuned": ok}}},
                     check_paths=False)
     validate_config({**raw, "budget": {"mode": "none"}, "experiments": {**raw["experiments"], "two_reward": {

@@ -279,28 +279,43 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             errs += _setting_errors(cfg, method, dict(zip(keys, combo)), f"config.tune.grid.{method}")
-    two = cfg["experiments"]["two_reward"]
-    tuned = two["tuned"]
-    entries = {m: e for m, e in tuned.items() if m != "rewards"}
-    if entries and not tuned.get("rewards"):
-        errs.append("config.experiments.two_reward.tuned.rewards: missing; name the reward pair the entries were "
-                    f"chosen for (e.g. rewards: {two['rewards']}), so that no other experiment inherits them")
-    for method, per_point in entries.items():
-        where = f"config.experiments.two_reward.tuned.{method}"
-        if method not in METHODS or METHODS[method].grid != "constraints":
-            errs.append(f"{where}: not a method with one model per constraint point "
+    errs += _tuned_errors(cfg)
+    return list(dict.fromkeys(errs))  # a grid key's error once, not once per combination
+
+
+def _tuned_errors(cfg: dict) -> list[str]:
+    """experiments.two_reward.tuned, entry by entry: a method with one model per point, defined rewards,
+    one bound per reward, one entry per (method, rewards, point), and an entry for the experiment's
+    reward pair names one of its points (a typo in a point would otherwise train the untuned model
+    without a word); its setting as the job will see it (``_setting_errors``). Entries for another
+    reward pair belong to another experiment and are left alone."""
+    from methods.registry import METHODS, same_point
+
+    two, errs, seen = cfg["experiments"]["two_reward"], [], []
+    for i, e in enumerate(two["tuned"]):
+        where = f"config.experiments.two_reward.tuned[{i}]"
+        if e["method"] not in METHODS or METHODS[e["method"]].grid != "constraints":
+            errs.append(f"{where}.method: {e['method']} is not a method with one model per constraint point "
                         f"({sorted(m.name for m in METHODS.values() if m.grid == 'constraints')}); set the "
                         "other methods' chosen values in their own sections")
             continue
-        seen = []
-        for i, entry in enumerate(per_point):
-            if len(entry["point"]) != len(two["rewards"]):
-                errs.append(f"{where}[{i}].point: {len(entry['point'])} bounds for {len(two['rewards'])} rewards")
-            elif any(all(abs(a - b) <= 1e-9 for a, b in zip(entry["point"], p)) for p in seen):
-                errs.append(f"{where}[{i}].point: {entry['point']} has an entry already; give one per point")
-            seen.append(entry["point"])
-            errs += _setting_errors(cfg, method, entry["set"], f"{where}[{i}].set")
-    return list(dict.fromkeys(errs))  # a grid key's error once, not once per combination
+        undefined = [r for r in e["rewards"] if r not in cfg["rewards"]]
+        if undefined:
+            errs.append(f"{where}.rewards: {undefined} not defined in config.rewards ({sorted(cfg['rewards'])})")
+        if len(e["point"]) != len(e["rewards"]):
+            errs.append(f"{where}.point: {len(e['point'])} bounds for {len(e['rewards'])} rewards")
+            continue
+        if any(m == e["method"] and r == e["rewards"] and same_point(p, e["point"]) for m, r, p in seen):
+            errs.append(f"{where}: {e['method']} at {e['point']} has an entry already; give one per point")
+        seen.append((e["method"], e["rewards"], e["point"]))
+        if sorted(e["rewards"]) == sorted(two["rewards"]) and e["rewards"] != two["rewards"]:
+            errs.append(f"{where}.rewards: {e['rewards']} is the experiment's pair in another order; write the "
+                        f"rewards and the point in the order of experiments.two_reward.rewards ({two['rewards']})")
+        elif e["rewards"] == two["rewards"] and not any(same_point(p, e["point"]) for p in two["points"]):
+            errs.append(f"{where}.point: {e['point']} is none of experiments.two_reward.points "
+                        f"({two['points']}); correct it, or drop the entry (an overlay with other points: tuned: [])")
+        errs += _setting_errors(cfg, e["method"], e["set"], f"{where}.set")
+    return errs
 
 
 def _setting_errors(cfg: dict, method: str, values: dict, where: str) -> list[str]:
