@@ -96,3 +96,28 @@ def test_split_gap_runs_on_a_micro_model(tmp_path, micro_model_dir, micro_cfg):
                for v in m.values())  # no NaN, constant lengths included
     assert 0 <= m["length"]["train_mean"] <= 5 and m["nll"]["test_mean"] > 0
     assert "| nll |" in (tmp_path / "out" / "split_gap.md").read_text()
+
+
+def test_dag_cost_split_sums_each_job_kind_from_its_benchmark_files(tmp_path):
+    """benchmarks/dag_cost.py --summarize: per job kind (the model's index cut off) the jobs, the summed
+    wall- and CPU-seconds of each file's last row, by hand; the on-policy share counts train_l3m/mm/mix/cpo
+    only; files without cpu_time are skipped; a missing folder is named."""
+    head = "s\th:m:s\tmax_rss\tcpu_time\n"
+    files = {"seed1/train_l3m_pt0.tsv": "10.0\t0\t1\t9.0\n", "seed2/train_l3m_pt1.tsv": "12.0\t0\t1\t11.0\n",
+             "seed1/train_sft.tsv": "5.0\t0\t1\t4.0\n", "seed1/evaluate_l3m_pt0.tsv": "3.0\t0\t1\t1.0\n",
+             "reward_model_rating.tsv": "7.0\t0\t1\t2.0\n6.0\t0\t1\t6.0\n"}  # two repeats: the last row counts
+    for rel, body in files.items():
+        (tmp_path / "b" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "b" / rel).write_text(head + body)
+    (tmp_path / "b" / "other.tsv").write_text("a\tb\n1\t2\n")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dag_cost.py"), "--out", str(tmp_path / "o"),
+                        "--summarize", str(tmp_path / "b")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "o" / "dag_cost.json").read_text())
+    rows = {r["job"]: (r["jobs"], r["wall_s"], r["cpu_s"]) for r in doc["split"]}
+    assert rows == {"train_l3m_pt": (2, 22.0, 20.0), "train_sft": (1, 5.0, 4.0), "evaluate_l3m_pt": (1, 3.0, 1.0),
+                    "reward_model_rating": (1, 6.0, 6.0)}
+    assert doc["cpu_s_in_benchmarked_jobs"] == 31.0 and doc["onpolicy_share_of_benchmarked_cpu"] == round(20 / 31, 3)
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dag_cost.py"), "--out", str(tmp_path / "o"),
+                        "--summarize", str(tmp_path / "none")], capture_output=True, text=True)
+    assert p.returncode != 0 and "no such folder" in p.stderr
