@@ -80,10 +80,10 @@ def run_dag(args) -> dict:
         doc["install_wall_s"] = round(time.time() - t0, 1)
     else:
         os.symlink(REPO / ".venv", work / ".venv")
-    cmd = [str(work / ".venv" / "bin" / "snakemake"), "--cores", str(args.cores)]
+    # targets before the options: --configfile takes every word after it
+    cmd = [str(work / ".venv" / "bin" / "snakemake"), *args.targets, "--cores", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", *args.configfile]
-    cmd += args.targets
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     with open(work / "dag_cost.log", "w") as log:
