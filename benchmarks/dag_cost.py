@@ -39,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# the rules whose jobs train on policy samples (L3M, MM, the mixture, CPO): what bounds the DAG's cost
-ONPOLICY = re.compile(r"^train_(l3m|mm|mix|cpo)")
+# the rules whose jobs train on policy samples (L3M, MM, the mixture; DPO and CPO train on fixed pairs)
+ONPOLICY = re.compile(r"^train_(l3m|mm|mix)")
 
 
 def rule_of(tsv: Path) -> str:

@@ -100,7 +100,7 @@ def test_split_gap_runs_on_a_micro_model(tmp_path, micro_model_dir, micro_cfg):
 
 def test_dag_cost_split_sums_each_job_kind_from_its_benchmark_files(tmp_path):
     """benchmarks/dag_cost.py --summarize: per job kind (the model's index cut off) the jobs, the summed
-    wall- and CPU-seconds of each file's last row, by hand; the on-policy share counts train_l3m/mm/mix/cpo
+    wall- and CPU-seconds of each file's last row, by hand; the on-policy share counts train_l3m/mm/mix
     only; files without cpu_time are skipped; a missing folder is named."""
     head = "s\th:m:s\tmax_rss\tcpu_time\n"
     files = {"seed1/train_l3m_pt0.tsv": "10.0\t0\t1\t9.0\n", "seed2/train_l3m_pt1.tsv": "12.0\t0\t1\t11.0\n",
