@@ -23,7 +23,6 @@ the commit, the machine, the totals, the split and the share of the on-policy tr
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -52,15 +51,17 @@ def rule_of(tsv: Path) -> str:
 def split(bench_root: Path) -> list[dict]:
     """Per job kind: jobs, summed wall-seconds (``s``) and CPU-seconds (``cpu_time``) of the last row
     of every benchmark file under ``bench_root`` (a file holds one row per repeat; the DAG writes one)."""
+    from evaluation.tables import benchmark_seconds
+
     agg: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0})
     for tsv in sorted(bench_root.rglob("*.tsv")):
-        rows = list(csv.DictReader(open(tsv), delimiter="\t"))
-        if not rows or "cpu_time" not in rows[-1]:
+        seconds = benchmark_seconds(tsv)
+        if seconds is None:
             continue
         a = agg[rule_of(tsv)]
         a["jobs"] += 1
-        a["wall_s"] += float(rows[-1]["s"])
-        a["cpu_s"] += float(rows[-1]["cpu_time"])
+        a["wall_s"] += seconds[0]
+        a["cpu_s"] += seconds[1]
     out = [{"job": k, "jobs": v["jobs"], "wall_s": round(v["wall_s"], 1), "cpu_s": round(v["cpu_s"], 1)}
            for k, v in agg.items()]
     return sorted(out, key=lambda r: -r["cpu_s"])
@@ -102,13 +103,14 @@ def run_dag(args) -> dict:
 
 
 def _name(work: Path, configfiles: list[str] | None) -> str:
-    """config.name as the run resolved it (the last configfile that sets it; default: the embedded one)."""
-    import yaml
+    """config.name as the run resolved it (the configfiles merged as Snakemake merges them; without
+    any, the embedded default's)."""
+    from methods.core.config import deep_merge, read_config_file
 
-    name = "default"
-    for f in configfiles or []:
-        name = (yaml.safe_load((work / f).read_text()) or {}).get("name", name)
-    return name
+    merged: dict = {}
+    for f in configfiles or ["config/config.yaml"]:
+        merged = deep_merge(merged, read_config_file(work / f))
+    return merged.get("name", "default")
 
 
 def main(argv: list[str] | None = None) -> None:

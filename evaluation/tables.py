@@ -177,6 +177,15 @@ def two_reward_table(cfg: dict, results: str | Path, models_root: str | Path, se
     return pd.DataFrame(rows)
 
 
+def benchmark_seconds(path: str | Path) -> tuple[float, float] | None:
+    """(wall-clock, CPU) seconds of a Snakemake benchmark file: its last row's ``s`` and ``cpu_time``
+    (a file holds one row per repeat); None for a file without rows or without cpu_time."""
+    t = pd.read_csv(path, sep="\t")
+    if t.empty or "cpu_time" not in t or "s" not in t:
+        return None
+    return float(t["s"].iloc[-1]), float(t["cpu_time"].iloc[-1])
+
+
 def cost_table(cfg: dict, bench: dict, models_root: str | Path) -> pd.DataFrame:
     """The cost claim, per seed, constraint point and constrained method: the model's whole training
     chain (its own job plus the jobs of the models it starts from: MM's chain is SFT then MM, L3M's is
@@ -185,8 +194,7 @@ def cost_table(cfg: dict, bench: dict, models_root: str | Path) -> pd.DataFrame:
     (the training jobs' Snakemake benchmark files, ``bench``: seed -> model -> file), and each chain's
     ratio to the first constrained method's (L3M's). Rows with seed "mean" average the seeds."""
     def seconds(seed, model):  # (wall-clock, CPU) of the model's training job: its benchmark file's last row
-        t = pd.read_csv(bench[str(seed)][model], sep="\t")
-        return np.array([t["s"].iloc[-1], t["cpu_time"].iloc[-1]], dtype=float)
+        return np.array(benchmark_seconds(bench[str(seed)][model]), dtype=float)
 
     def budget(seed, model, method):
         run = _run_json(seed_models(models_root, model, seed))
