@@ -392,7 +392,8 @@ def _nearest_on_front(cfg: dict, val: Grids, candidates: list[str], point) -> st
 
 def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
     """Paired comparisons: per constraint point, the L3M model against every other constrained
-    method's model at the point, against the mixture model nearest the point on the mixture's Pareto
+    method's model at the point, against each single model of the experiment (DPO, CPO: the same model
+    at every point), against the mixture model nearest the point on the mixture's Pareto
     front (front and distance from the val prompts, results/<name>/val) and against SFT; per length band, the L3M model against the other constrained methods'
     models at the band (if any) and SFT. For task NLL, sampled length and every evaluation reward:
     the mean difference (L3M minus the other) over the same seeds and prompts, its paired 95%
@@ -420,6 +421,11 @@ def comparisons_table(cfg: dict, results: str | Path) -> pd.DataFrame:
                 if other.method != "l3m":
                     pairs.append((exp, label, l3m[0].name, other.name, get(other.method).label, ""))
             if key == "point":
+                # the point-free models of the experiment (DPO, CPO: one model, trained on the two rewards'
+                # pair sets) are compared at every point
+                for v in vs:
+                    if v.experiment == exp and get(v.method).grid == "single":
+                        pairs.append((exp, label, l3m[0].name, v.name, get(v.method).label, ""))
                 for m in [m for m in registry.METHODS.values() if m.grid == "weights"]:
                     cands = [v.name for v in vs if v.method == m.name]
                     near = _nearest_on_front(cfg, val, cands, cfg["experiments"]["two_reward"]["points"][where])

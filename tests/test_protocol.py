@@ -82,6 +82,27 @@ def test_comparisons_pair_the_same_seeds_and_prompts(tmp_path):
     assert set(df["other"]) == {"mm_pt0", "mm_pt1", "sft"}  # no mixture in this config: no nearest-front row
 
 
+def test_a_point_free_model_is_compared_at_every_point(tmp_path):
+    """CPO has one model (no point): L3M at p0 and at p1 is each paired with it, on the same seeds and
+    prompts, and the known shifts (L3M +0.1 and +0.2 above CPO's -0.4 in reward a) come back."""
+    from evaluation.tables import comparisons_table
+
+    cfg = validate_config({**_cfg(), "experiments": {**_cfg()["experiments"], "two_reward": {
+        **_cfg()["experiments"]["two_reward"], "cpo": True}}}, check_paths=False)
+    rng = np.random.default_rng(3)
+    for seed in (1, 2):
+        x = rng.normal(size=30)
+        for model, shift in (("sft", 0.0), ("l3m_pt0", 0.1), ("l3m_pt1", 0.2), ("mm_pt0", 0.3), ("mm_pt1", 0.3),
+                             ("cpo", -0.4)):
+            _write(tmp_path, seed, model, x + 4, x + shift, -x)
+    df = comparisons_table(cfg, tmp_path)
+    cpo = df[df["other"] == "cpo"]
+    assert set(cpo["where"]) == {"p0", "p1"} and set(cpo["other_is"]) == {"CPO"}
+    got = {w: cpo[(cpo["where"] == w) & (cpo["metric"] == "a")]["delta"].iloc[0] for w in ("p0", "p1")}
+    assert got["p0"] == pytest.approx(0.5) and got["p1"] == pytest.approx(0.6)
+    assert "L3M − CPO (cpo) a at p1: +0.600" in cpo[(cpo["where"] == "p1") & (cpo["metric"] == "a")]["sentence"].iloc[0]
+
+
 def test_the_nearest_mixture_model_is_chosen_on_the_val_prompts(tmp_path):
     """Four mixture models. On the test prompts mix0 sits at the point p0 = (0, 0); on the val
     prompts mix3 sits there but is dominated by mix1 (0.1, 0.1), so the val front is mix0, mix1,

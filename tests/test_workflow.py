@@ -127,7 +127,8 @@ def test_two_reward_experiment_outputs(micro_run):
     assert rows["mm_pt0"]["method"] == "mm" and rows["cpo"]["method"] == "cpo"
     comp = _rows(out / "tables" / "comparisons.csv")
     got = {(r["where"], r["other"]) for r in comp}
-    assert {("p0", "mm_pt0"), ("p0", "mm2_pt0"), ("p1", "mm_pt1"), ("p0", "sft"), ("[0, 4]", "sft")} <= got
+    assert {("p0", "mm_pt0"), ("p0", "mm2_pt0"), ("p1", "mm_pt1"), ("p0", "sft"), ("[0, 4]", "sft"), ("p0", "cpo"),
+            ("p1", "cpo")} <= got
     assert any(w == "p0" and o in ("mix0", "mix1") for w, o in got)  # the mixture nearest on its front
     nll = next(r for r in comp if r["where"] == "p1" and r["other"] == "mm_pt1" and r["metric"] == "nll")
     diffs = [a - b for s in (7, 8) for a, b in zip(_per_example(out, s, "l3m_pt1", "perplexity.json"),

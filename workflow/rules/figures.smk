@@ -115,8 +115,8 @@ rule two_reward:
 
 rule comparisons:
     """Paired comparisons per constraint point and band: L3M against every other constrained method, the
-    mixture model nearest the point on its Pareto front (drawn on the val prompts) and SFT; paired
-    intervals over seeds and test prompts."""
+    point-free models (DPO, CPO) at every point, the mixture model nearest the point on its Pareto front
+    (drawn on the val prompts) and SFT; paired intervals over seeds and test prompts."""
     input:
         metrics=expand(
             f"{OUT}/seed{{seed}}/metrics/{{model}}/{{m}}.json",
