@@ -305,13 +305,17 @@ def tune_rows(cfg: dict) -> list[dict]:
     of its value lists is its settings (s0, s1, ... in product order); each setting is trained once per
     two-reward model of the method (per constraint point, per weight vector, or the single one), with
     that model's overrides and the setting's keys. Rows: variant, method, point, setting, values
-    ({"section.key": value}), overrides (the --set of the run, without the seed)."""
+    ({"section.key": value}), overrides (the --set of the run, without the seed). ``tune.methods``
+    (when set) keeps the methods it names."""
     import copy
     import itertools
 
     rows = []
     models = [v for v in variants(cfg).values() if v.experiment == "two_reward"]
+    only = cfg["tune"].get("methods")
     for method, grid in cfg["tune"]["grid"].items():
+        if only is not None and method not in only:
+            continue
         keys = list(grid)
         for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
             values = dict(zip(keys, combo))

@@ -247,6 +247,25 @@ def test_tuned_settings_reach_only_their_points_model():
                             check_paths=False)
 
 
+def test_tune_methods_sweeps_only_the_methods_it_names():
+    """tune.methods keeps the grids of the methods it names: with grids for MM (3 settings) and CPO (2),
+    [cpo] gives CPO's 2 runs (one model: no point) and no MM run, null every method's; a name without a
+    grid is an error naming the field before any job."""
+    from methods.core.config import ConfigError
+
+    raw = _cfg()
+    two = {**raw["experiments"]["two_reward"], "cpo": True}
+    tune = {"seeds": [1], "grid": {"mm": {"mm.dual_lr": [0.1, 1.0, 5.0]}, "cpo": {"cpo.tau": [0.5, 2.0]}}}
+    def rows(methods):
+        cfg = validate_config({**raw, "experiments": {**raw["experiments"], "two_reward": two},
+                               "tune": {**tune, "methods": methods}}, check_paths=False)
+        return [(r["variant"], r["setting"], r["point"], r["values"]) for r in tune_rows(cfg)]
+    assert rows(["cpo"]) == [("cpo", "s0", None, {"cpo.tau": 0.5}), ("cpo", "s1", None, {"cpo.tau": 2.0})]
+    assert len(rows(None)) == 3 * 2 + 2
+    with pytest.raises(ConfigError, match=r"config.tune.methods: 'dpo' has no grid in config.tune.grid"):
+        rows(["cpo", "dpo"])
+
+
 def test_per_model_settings_are_checked_before_any_job_like_the_job_would_see_them():
     """A tuned entry or a sweep setting: its values pass the schema of their section, and under a
     budget mode they may not change what the model's chain trains on (the job re-derives its steps from

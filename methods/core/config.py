@@ -271,6 +271,10 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
         b["derived"] = derived
     import itertools
 
+    for method in cfg["tune"]["methods"] or []:
+        if method not in cfg["tune"]["grid"]:
+            errs.append(f"config.tune.methods: {method!r} has no grid in config.tune.grid ({sorted(cfg['tune']['grid'])}); "
+                        f"add its grid or drop it from tune.methods")
     for method, grid in cfg["tune"]["grid"].items():
         if method not in METHODS or METHODS[method].grid not in ("constraints", "weights", "single"):
             errs.append(f"config.tune.grid.{method}: not a method of the two-reward experiment "
