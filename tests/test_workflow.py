@@ -339,6 +339,30 @@ def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
     assert "| 1 (-0.5, 0.5) |" in (tmp_path / "time_to_feasible.md").read_text()
 
 
+def test_step_profile_benchmark_on_the_micro_dag(micro_run, tmp_path):
+    """benchmarks/step_profile.py on the micro DAG's models: MM at p0 from its seed-7 SFT model, as its
+    training job runs it, stopped after 1 + 2 steps. Every part of a step is accounted for (the parts
+    add up to the step, generation is inside sampling, each constrained reward is timed), the FLOP
+    count sees the policy and the reward models, and the arithmetic floor at the measured matmul rate
+    is below the measured step."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--root", str(micro_run), "--configfile",
+           str(REPO / "config" / "micro.yaml"), "--variant", "mm_pt0", "--steps", "2", "--warmup", "1", "--out",
+           str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = json.loads((tmp_path / "step_profile.json").read_text())
+    assert (doc["method"], doc["seed"], doc["steps_timed"]) == ("mm", 7, 2)
+    parts = doc["parts_s_mean"]
+    assert math.isclose(sum(parts.values()), doc["step_s_mean"], rel_tol=1e-6)
+    assert all(v >= 0 for k, v in parts.items() if k != "other") and abs(parts["other"]) < 0.05 * doc["step_s_mean"]
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load(open(REPO / "config" / "micro.yaml"))))
+    assert {f"scoring {r}" for r in cfg["experiments"]["two_reward"]["rewards"]} <= set(parts)
+    for s in doc["per_step"]:
+        assert s["generation_s"] <= s["sample_and_score_s"] <= s["step_s"] and s["sampled_tokens"] > 0
+    assert {"LlamaForCausalLM", "LlamaModel"} <= set(doc["flops_by_model"]) and doc["flops_per_step"] > 0
+    assert 0 < doc["floor_s"] < doc["step_s_mean"] and doc["matmul_gflops"]["best"] > 0
+
+
 def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_path):
     """Each training job's params fingerprint the config sections its method reads (methods/registry.py):
     an L3M setting retrains only L3M models; a shared on-policy setting L3M and MM (the mixture reads only
