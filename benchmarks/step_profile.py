@@ -7,14 +7,15 @@ default DAG's cost (issue 18, item 8).
 ``DIR`` is a clone that ran the DAG (it holds resources/<name>/ with the task data, the base model,
 the reward models and, for a method from SFT, seed<s>/models/sft). The variant's training job runs
 in this process exactly as the DAG runs it (its config, tuned settings, seed and ``L3M_THREADS``),
-in a temporary folder, and stops after ``--steps`` steps. Each step's wall-clock is split by the
-trainer's own phases (``methods.core.distributed.phase``: task, sampling, barrier, optimiser) and
-within sampling into generation and each reward's scoring.
+in a temporary folder, and stops after ``--warmup`` + ``--steps`` steps and one counted step. Each
+step's wall-clock is split into generation and each reward's scoring (``sample_and_score``, every
+on-policy method), the trainer's own phases (``methods.core.distributed.phase``, L3M: task, barrier,
+optimiser; time is charged to the innermost open phase) and the rest.
 
 To say whether a part is bound by arithmetic or by overhead, one more step runs under
 ``torch.utils.flop_counter.FlopCounterMode`` (the FLOPs of every matmul, convolution and attention
-call), and the process measures the matmul rate it can reach: a float32 ``torch.mm`` of the
-shapes the models use, at the same number of threads. ``floor_s`` = FLOPs / that rate is the time
+call, forward and backward), split over the same parts, and the process measures the matmul rate it can reach: a float32 ``torch.mm`` of the
+shapes the models use, at the same number of threads (on CPU: the rate is the CPU's). ``floor_s`` = FLOPs / that rate is the time
 the step's arithmetic needs at least on this machine; ``step_s / floor_s`` is how far the step is
 from it. Writes ``step_profile.json`` and ``step_profile.md`` into ``--out``.
 """
@@ -67,10 +68,13 @@ def main(argv=None):
     ap.add_argument("--name", default=None, help="the run name whose resources/<name>/ to use (default: the config's)")
     ap.add_argument("--seed", type=int, default=None, help="training seed (default: the config's first)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1: a step is timed from the end "
+                    "of the one before)")
     ap.add_argument("--threads", type=int, default=1, help="L3M_THREADS, as the DAG gives a training job")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.warmup < 1 or a.steps < 1:
+        ap.error("--warmup and --steps must be at least 1")
     os.environ["L3M_THREADS"] = str(a.threads)
     out = Path(a.out).resolve()
     configs = [str((REPO / c) if not Path(c).is_absolute() else c) for c in a.configfile]
@@ -97,76 +101,96 @@ def main(argv=None):
     name, method = cfg["name"], registry.get(v.method)
     init = registry.model_folder(f"resources/{name}", method.init_from, seed)
 
-    # per-phase wall-clock: the trainer's phase() blocks, timed (they nest: time is charged to the innermost)
-    spent, stack = defaultdict(float), []
+    section, key = (method.budget[0] if method.budget else f"{v.method}.steps").split(".")
+    total_steps = cfg[section].get(key)
+    if not isinstance(total_steps, int) or total_steps < a.warmup + a.steps + 1:
+        raise SystemExit(f"{a.variant}: {section}.{key} is {total_steps}; --warmup {a.warmup} + --steps {a.steps} + 1 "
+                         f"counted step must fit in it")
+
+    counter = FlopCounterMode(display=False)
+    counting = [False]
+
+    def meter():  # (seconds, FLOPs so far): FLOPs only while the counted step runs
+        return time.perf_counter(), (counter.get_total_flops() if counting[0] else 0)
+
+    # time and FLOPs per part: "phase:<name>" (the trainer's phase() blocks, charged to the innermost open one),
+    # "reward:<name>" (each reward's call), "sas" (sample_and_score: generation and scoring)
+    acc, stack = defaultdict(lambda: [0.0, 0]), []
+
+    def charge(key, t0, f0):
+        t, f = meter()
+        acc[key][0] += t - t0
+        acc[key][1] += f - f0
+        return t, f
+
     base_phase = distributed.phase
 
     class timed(base_phase):
         def __enter__(self):
-            now = time.perf_counter()
             if stack:
-                spent[stack[-1][0]] += now - stack[-1][1]
-            stack.append([self.name, now])
+                stack[-1][1:] = charge(f"phase:{stack[-1][0]}", *stack[-1][1:])
+            stack.append([self.name, *meter()])
             return super().__enter__()
 
         def __exit__(self, *exc):
-            now = time.perf_counter()
-            n, t0 = stack.pop()
-            spent[n] += now - t0
+            n, t0, f0 = stack.pop()
+            now = charge(f"phase:{n}", t0, f0)
             if stack:
-                stack[-1][1] = now
+                stack[-1][1:] = now
             return super().__exit__(*exc)
 
-    distributed.phase = timed
-    steps, marks, flops = [], {}, {}
-    counter = FlopCounterMode(display=False)
+    def wrap(owner, attr, key_of):
+        orig = getattr(owner, attr)
 
-    def hook(run):
-        step = run.state["step"]  # steps done
-        now = time.perf_counter()
-        if "t" in marks and step > a.warmup and step <= a.warmup + a.steps:
-            steps.append({"step_s": now - marks["t"], "generation_s": run.stats.get("sample_s", 0.0),
+        def timed_call(self, *args, **kw):
+            t0, f0 = meter()
+            try:
+                return orig(self, *args, **kw)
+            finally:
+                charge(key_of(self), t0, f0)
+
+        setattr(owner, attr, timed_call)
+        return orig
+
+    steps, marks, flop_step = [], {}, {}
+
+    def snapshot():
+        return {k: tuple(v) for k, v in acc.items()}
+
+    def delta(before):
+        return {k: (v[0] - before.get(k, (0.0, 0))[0], v[1] - before.get(k, (0.0, 0))[1]) for k, v in acc.items()}
+
+    def hook(run):  # at the end of every step, inside the trainer's last phase (L3M: "optimiser")
+        if stack:  # the open phase's time so far belongs to this step
+            stack[-1][1:] = charge(f"phase:{stack[-1][0]}", *stack[-1][1:])
+        step, now = run.state["step"], time.perf_counter()  # steps done
+        if "t" in marks and a.warmup < step <= a.warmup + a.steps:
+            steps.append({"step_s": now - marks["t"], "sample_s": run.stats.get("sample_s", 0.0),
                           "sampled_tokens": run.stats.get("sampled_tokens"), "task_tokens": run.stats.get("task_tokens"),
                           "sample_train_tokens": run.stats.get("sample_train_tokens"),
-                          **{f"phase_{k}": spent[k] - marks["spent"].get(k, 0.0) for k in spent},
-                          **{f"reward_{k}": rt[k] - marks["rt"].get(k, 0.0) for k in rt}})
+                          **{k: d[0] for k, d in delta(marks["acc"]).items()}})
+        if step == a.warmup + a.steps + 1:
+            flop_step.update(total=counter.get_total_flops(), step_s=now - marks["t"],
+                             parts={k: d[1] for k, d in delta(marks["acc"]).items()})
+            counting[0] = False
+            counter.__exit__(None, None, None)
+            raise Stop
         if step == a.warmup + a.steps:
             counter.__enter__()
-        if step == a.warmup + a.steps + 1:
-            counter.__exit__(None, None, None)
-            by = {k: sum(v.values()) for k, v in counter.get_flop_counts().items() if k != "Global" and "." not in k}
-            flops.update(total=counter.get_total_flops(), step_s=now - marks["t"], by_model=by)
-            raise Stop
-        marks.update(t=time.perf_counter(), spent=dict(spent), rt=dict(rt))
+            counting[0] = True
+        marks.update(t=time.perf_counter(), acc=snapshot())
 
-    rt = defaultdict(float)
     OnPolicyRun.step_hooks = [hook]
-    sas = OnPolicyRun.sample_and_score
-
-    def timed_sas(self, *args, **kw):  # sampling and scoring, in every on-policy method
-        t = time.perf_counter()
-        try:
-            return sas(self, *args, **kw)
-        finally:
-            rt["(sample_and_score)"] += time.perf_counter() - t
-
-    OnPolicyRun.sample_and_score = timed_sas
     from methods.core import rewards as rewards_mod
 
-    call = rewards_mod.Reward.__call__
-
-    def timed_call(self, *args, **kw):
-        t = time.perf_counter()
-        try:
-            return call(self, *args, **kw)
-        finally:
-            rt[self.name] += time.perf_counter() - t
-
-    rewards_mod.Reward.__call__ = timed_call
-    rate = matmul_rate(a.threads)
+    originals = [(OnPolicyRun, "sample_and_score", wrap(OnPolicyRun, "sample_and_score", lambda self: "sas")),
+                 (rewards_mod.Reward, "__call__", wrap(rewards_mod.Reward, "__call__", lambda self: f"reward:{self.name}"))]
     from methods.core.models import set_threads
 
     set_threads(cfg["hardware"])
+    threads = torch.get_num_threads()  # what the training job runs at (hardware.threads, else L3M_THREADS)
+    rate = matmul_rate(threads)
+    distributed.phase = timed
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         try:
@@ -175,43 +199,50 @@ def main(argv=None):
             pass
         total = time.perf_counter() - t0
     distributed.phase = base_phase
-    for s in steps:  # the wrapper's key among the rewards' times: its own column
-        s["sample_and_score_s"] = s.pop("reward_(sample_and_score)")
-    med = {k: statistics.median(s[k] for s in steps) for k in steps[0] if isinstance(steps[0][k], (int, float))}
-    mean = {k: statistics.fmean(s[k] for s in steps) for k in med}
-    step_s = mean["step_s"]
-    sampling = mean["sample_and_score_s"]
-    scoring = {f"scoring {k[7:]}": v for k, v in mean.items() if k.startswith("reward_")}
-    parts = {"generation": mean["generation_s"], **scoring,
-             "sampling other": sampling - mean["generation_s"] - sum(scoring.values())}
-    if "phase_task" in mean:  # a trainer that names its phases (L3M): sampling runs inside its "sampling" phase
-        parts.update({"task NLL (forward + backward)": mean.get("phase_task", 0.0),
-                      "barrier (sample log-probs, forward + backward)": mean.get("phase_barrier", 0.0),
-                      "optimiser, log": mean.get("phase_optimiser", 0.0)})
-        parts["other"] = step_s - sampling - sum(v for k, v in parts.items() if not k.startswith(("generation", "scoring",
-                                                                                                   "sampling")))
-    else:
-        parts["the rest: log-probs, forward + backward, optimiser"] = step_s - sampling
-        parts["other"] = 0.0
-    floor = flops["total"] / (rate["best"] * 1e9)
+    for owner, attr, orig in originals:
+        setattr(owner, attr, orig)
+    keys = sorted({k for s in steps for k in s})
+    mean = {k: statistics.fmean(s.get(k, 0.0) for s in steps) for k in keys}
+    step_s, fl = mean["step_s"], flop_step["parts"]
+
+    def both(key):
+        return mean.get(key, 0.0), fl.get(key, 0)
+
+    # the parts of a step: within sample_and_score generation (what is not scoring) and each reward; each phase
+    # of the trainer (its "sampling" phase less sample_and_score); the rest of the step
+    parts = {}
+    rewards_ = sorted(k for k in set(mean) | set(fl) if k.startswith("reward:"))
+    sas_t, sas_f = both("sas")
+    parts["generation (sampling, less scoring)"] = (sas_t - sum(both(k)[0] for k in rewards_),
+                                                    sas_f - sum(both(k)[1] for k in rewards_))
+    for k in rewards_:
+        parts[f"scoring {k[7:]}"] = both(k)
+    phases = sorted(k for k in set(mean) | set(fl) if k.startswith("phase:"))
+    for k in phases:
+        t, f = both(k)
+        if k == "phase:sampling":
+            t, f = t - sas_t, f - sas_f
+        parts[f"{'sampling phase, less sample_and_score' if k == 'phase:sampling' else k[6:]}"] = (t, f)
+    rest = "the rest (outside any phase)" if phases else "the rest (task NLL, log-probs, KL, forward + backward, optimiser)"
+    parts[rest] = (step_s - sum(t for t, _ in parts.values()), flop_step["total"] - sum(f for _, f in parts.values()))
+    gflops = rate["best"] * 1e9
+    floor = flop_step["total"] / gflops
     rec = {"variant": a.variant, "method": v.method, "seed": seed, "config": configs, "root": str(a.root),
-           "threads": a.threads, "steps_timed": len(steps), "warmup": a.warmup, "process_s": total,
-           "step_s_mean": step_s, "step_s_median": med["step_s"], "parts_s_mean": parts,
-           "flops_per_step": flops["total"], "flops_by_model": flops["by_model"], "flop_step_s": flops["step_s"],
-           "matmul_gflops": rate,
+           "threads": threads, "steps_timed": len(steps), "warmup": a.warmup, "process_s": total,
+           "step_s_mean": step_s, "step_s_median": statistics.median(s["step_s"] for s in steps),
+           "parts": {k: {"s": t, "gflop": f / 1e9, "floor_s": f / gflops} for k, (t, f) in parts.items()},
+           "flops_per_step": flop_step["total"], "flop_step_s": flop_step["step_s"], "matmul_gflops": rate,
            "floor_s": floor, "step_over_floor": step_s / floor, "per_step": steps,
            "torch": torch.__version__, "cpu": os.cpu_count()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_profile.json").write_text(json.dumps(rec, indent=1) + "\n")
-    lines = [f"# {a.variant} ({v.method}), seed {seed}, {a.threads} thread(s): {len(steps)} steps after {a.warmup}",
-             "", f"mean step {step_s:.3f} s (median {med['step_s']:.3f} s); one step's arithmetic "
-             f"{flops['total'] / 1e9:.1f} GFLOP, at the best float32 matmul rate measured here "
+    lines = [f"# {a.variant} ({v.method}), seed {seed}, {threads} thread(s): {len(steps)} steps after {a.warmup}",
+             "", f"mean step {step_s:.3f} s (median {rec['step_s_median']:.3f} s); one step's arithmetic "
+             f"{flop_step['total'] / 1e9:.1f} GFLOP, at the best float32 matmul rate measured here "
              f"({rate['best']:.1f} GFLOP/s) at least {floor:.3f} s: the step takes {step_s / floor:.2f}x that.",
-             "", "| part | s per step | share |", "|---|---|---|"]
-    lines += [f"| {k} | {x:.3f} | {x / step_s:.0%} |" for k, x in parts.items()]
-    lines += ["", "GFLOP per step by model (forward and backward; the top-level modules FlopCounterMode saw): "
-              + ", ".join(f"{k} {x / 1e9:.1f} ({x / (rate['best'] * 1e9):.3f} s at the best rate)"
-                          for k, x in flops["by_model"].items())]
+             "", "| part | s per step | share | GFLOP (counted step) | floor s | s / floor |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {x['s']:.3f} | {x['s'] / step_s:.0%} | {x['gflop']:.1f} | {x['floor_s']:.3f} | "
+              + (f"{x['s'] / x['floor_s']:.1f} |" if x["floor_s"] > 0 else "– |") for k, x in rec["parts"].items()]
     lines += ["", "matmul GFLOP/s (m x k x n): " + ", ".join(f"{k} {x:.1f}" for k, x in rate.items())]
     (out / "step_profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -264,6 +264,10 @@ def test_tune_methods_sweeps_only_the_methods_it_names():
     assert len(rows(None)) == 3 * 2 + 2
     with pytest.raises(ConfigError, match=r"config.tune.methods: 'dpo' has no grid in config.tune.grid"):
         rows(["cpo", "dpo"])
+    two["cpo"] = False  # a named method without a model in the experiment would sweep nothing
+    with pytest.raises(ConfigError, match=r"config.tune.methods: 'cpo' has no model in the two-reward experiment "
+                                          r"\(experiments.two_reward.cpo: false\)"):
+        rows(["cpo"])
 
 
 def test_per_model_settings_are_checked_before_any_job_like_the_job_would_see_them():

@@ -340,27 +340,32 @@ def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
 
 
 def test_step_profile_benchmark_on_the_micro_dag(micro_run, tmp_path):
-    """benchmarks/step_profile.py on the micro DAG's models: MM at p0 from its seed-7 SFT model, as its
-    training job runs it, stopped after 1 + 2 steps. Every part of a step is accounted for (the parts
-    add up to the step, generation is inside sampling, each constrained reward is timed), the FLOP
-    count sees the policy and the reward models, and the arithmetic floor at the measured matmul rate
-    is below the measured step."""
-    cmd = [sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--root", str(micro_run), "--configfile",
-           str(REPO / "config" / "micro.yaml"), "--variant", "mm_pt0", "--steps", "2", "--warmup", "1", "--out",
-           str(tmp_path)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    doc = json.loads((tmp_path / "step_profile.json").read_text())
-    assert (doc["method"], doc["seed"], doc["steps_timed"]) == ("mm", 7, 2)
-    parts = doc["parts_s_mean"]
-    assert math.isclose(sum(parts.values()), doc["step_s_mean"], rel_tol=1e-6)
-    assert all(v >= 0 for k, v in parts.items() if k != "other") and abs(parts["other"]) < 0.05 * doc["step_s_mean"]
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load(open(REPO / "config" / "micro.yaml"))))
-    assert {f"scoring {r}" for r in cfg["experiments"]["two_reward"]["rewards"]} <= set(parts)
-    for s in doc["per_step"]:
-        assert s["generation_s"] <= s["sample_and_score_s"] <= s["step_s"] and s["sampled_tokens"] > 0
-    assert {"LlamaForCausalLM", "LlamaModel"} <= set(doc["flops_by_model"]) and doc["flops_per_step"] > 0
-    assert 0 < doc["floor_s"] < doc["step_s_mean"] and doc["matmul_gflops"]["best"] > 0
+    """benchmarks/step_profile.py on the micro DAG's models: MM at p0 (from its seed-7 SFT model; no
+    named phases) and L3M at p0 (task, barrier and optimiser phases), each as its training job runs
+    it, stopped after 1 + 2 steps and one FLOP-counted step. The parts add up to the step in time and
+    to the counted step's total in FLOPs (FlopCounterMode's own total, so nothing is dropped or counted
+    twice), generation sits inside sampling, each constrained reward is timed, L3M's task and barrier
+    passes do arithmetic, and the floor at the measured matmul rate is below the measured step."""
+    cfg = __import__("yaml").safe_load(open(REPO / "config" / "micro.yaml"))
+    for variant, method in (("mm_pt0", "mm"), ("l3m_pt0", "l3m")):
+        out = tmp_path / variant
+        cmd = [sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--root", str(micro_run), "--configfile",
+               str(REPO / "config" / "micro.yaml"), "--variant", variant, "--steps", "2", "--warmup", "1", "--out", str(out)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        doc = json.loads((out / "step_profile.json").read_text())
+        assert (doc["method"], doc["seed"], doc["steps_timed"]) == (method, 7, 2)
+        parts = doc["parts"]
+        assert math.isclose(sum(x["s"] for x in parts.values()), doc["step_s_mean"], rel_tol=1e-9)
+        assert math.isclose(sum(x["gflop"] for x in parts.values()) * 1e9, doc["flops_per_step"], rel_tol=1e-9)
+        assert {f"scoring {r}" for r in cfg["experiments"]["two_reward"]["rewards"]} <= set(parts)
+        assert all(x["s"] >= 0 for x in parts.values()) and parts["generation (sampling, less scoring)"]["gflop"] > 0
+        for s in doc["per_step"]:
+            assert s["sample_s"] <= s["sas"] <= s["step_s"] and s["sampled_tokens"] > 0
+        if method == "l3m":
+            assert parts["task"]["gflop"] > 0 and parts["barrier"]["gflop"] > 0
+            assert parts["the rest (outside any phase)"]["s"] < 0.05 * doc["step_s_mean"]
+        assert 0 < doc["floor_s"] < doc["step_s_mean"] and doc["matmul_gflops"]["best"] > 0
 
 
 def test_a_changed_setting_retrains_only_the_models_that_read_it(micro_run, tmp_path):

@@ -275,6 +275,10 @@ def _resolve(cfg: dict, raw: dict) -> list[str]:
         if method not in cfg["tune"]["grid"]:
             errs.append(f"config.tune.methods: {method!r} has no grid in config.tune.grid ({sorted(cfg['tune']['grid'])}); "
                         f"add its grid or drop it from tune.methods")
+        elif not cfg["experiments"]["two_reward"]["enabled"] or not cfg["experiments"]["two_reward"].get(method, True):
+            errs.append(f"config.tune.methods: {method!r} has no model in the two-reward experiment (experiments."
+                        f"two_reward.{'enabled' if not cfg['experiments']['two_reward']['enabled'] else method}: false), "
+                        f"so its sweep would train nothing; enable it there or drop it from tune.methods")
     for method, grid in cfg["tune"]["grid"].items():
         if method not in METHODS or METHODS[method].grid not in ("constraints", "weights", "single"):
             errs.append(f"config.tune.grid.{method}: not a method of the two-reward experiment "
