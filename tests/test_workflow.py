@@ -342,19 +342,20 @@ def test_time_to_feasible_benchmark_on_the_micro_dag(micro_run, tmp_path):
 def test_step_profile_benchmark_on_the_micro_dag(micro_run, tmp_path):
     """benchmarks/step_profile.py on the micro DAG's models: MM at p0 (from its seed-7 SFT model; no
     named phases) and L3M at p0 (task, barrier and optimiser phases), each as its training job runs
-    it, stopped after 1 + 2 steps and one FLOP-counted step. The parts add up to the step in time and
+    it: 1 warm-up step, 1 (MM: 3 steps in all) or 2 (L3M: 4) timed steps and one FLOP-counted step. The parts add up to the step in time and
     to the counted step's total in FLOPs (FlopCounterMode's own total, so nothing is dropped or counted
     twice), generation sits inside sampling, each constrained reward is timed, L3M's task and barrier
     passes do arithmetic, and the floor at the measured matmul rate is below the measured step."""
     cfg = __import__("yaml").safe_load(open(REPO / "config" / "micro.yaml"))
-    for variant, method in (("mm_pt0", "mm"), ("l3m_pt0", "l3m")):
+    for variant, method, timed in (("mm_pt0", "mm", 1), ("l3m_pt0", "l3m", 2)):
         out = tmp_path / variant
         cmd = [sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--root", str(micro_run), "--configfile",
-               str(REPO / "config" / "micro.yaml"), "--variant", variant, "--steps", "2", "--warmup", "1", "--out", str(out)]
+               str(REPO / "config" / "micro.yaml"), "--variant", variant, "--steps", str(timed), "--warmup", "1",
+               "--out", str(out)]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         doc = json.loads((out / "step_profile.json").read_text())
-        assert (doc["method"], doc["seed"], doc["steps_timed"]) == (method, 7, 2)
+        assert (doc["method"], doc["seed"], doc["steps_timed"]) == (method, 7, timed)
         parts = doc["parts"]
         assert math.isclose(sum(x["s"] for x in parts.values()), doc["step_s_mean"], rel_tol=1e-9)
         assert math.isclose(sum(x["gflop"] for x in parts.values()) * 1e9, doc["flops_per_step"], rel_tol=1e-9)
