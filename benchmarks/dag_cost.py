@@ -105,12 +105,9 @@ def run_dag(args) -> dict:
 def _name(work: Path, configfiles: list[str] | None) -> str:
     """config.name as the run resolved it (the configfiles merged as Snakemake merges them; without
     any, the embedded default's)."""
-    from methods.core.config import deep_merge, read_config_file
+    from methods.core.config import read_config_files
 
-    merged: dict = {}
-    for f in configfiles or ["config/config.yaml"]:
-        merged = deep_merge(merged, read_config_file(work / f))
-    return merged.get("name", "default")
+    return read_config_files(work / f for f in configfiles or ["config/config.yaml"]).get("name", "default")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,12 +85,10 @@ def main(argv=None):
 
     from methods import registry
     from methods.core import distributed
-    from methods.core.config import deep_merge, read_config_file, validate_config
+    from methods.core.config import deep_merge, read_config_files, validate_config
     from methods.core.onpolicy import OnPolicyRun
 
-    raw = {}
-    for c in configs:
-        raw = deep_merge(raw, read_config_file(c))
+    raw = read_config_files(configs)
     if a.name:
         raw["name"] = a.name
     cfg0 = validate_config(raw, check_paths=False)

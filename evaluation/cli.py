@@ -277,19 +277,14 @@ def cmd_comparisons(a):
 def cmd_tune_table(a):
     """The validation sweep's table and the setting chosen per constraint point and method."""
     from evaluation.tables import tune_tables
+    from methods.registry import swept_grids
 
     cfg = _cfg(a.config)
     table, choice = tune_tables(cfg, a.results)
     extra = {**_POOLED, "pooled_over": "tuning seeds x val prompts", "tune_seeds": cfg["tune"]["seeds"],
-             "grid": _swept(cfg)}
+             "grid": swept_grids(cfg)}
     _write_table(table, a.table, cfg, extra=extra)
     _write_table(choice, a.choice, cfg, extra=extra)
-
-
-def _swept(cfg: dict) -> dict:
-    """The grids the sweep trained: tune.grid's methods, or those tune.methods names."""
-    only = cfg["tune"]["methods"]
-    return {m: g for m, g in cfg["tune"]["grid"].items() if only is None or m in only}
 
 
 def cmd_tune_test(a):
@@ -297,11 +292,12 @@ def cmd_tune_test(a):
     tuned methods, paired (tables/tuning_comparisons.csv)."""
     from evaluation.figures import tuning_figure
     from evaluation.tables import read_table, tune_test_tables
+    from methods.registry import swept_grids
 
     cfg = _cfg(a.config)
     table, comps = tune_test_tables(cfg, a.results, read_table(a.choice))
     extra = {**_POOLED, "pooled_over": "tuning seeds x test prompts", "tune_seeds": cfg["tune"]["seeds"],
-             "grid": _swept(cfg), "chosen_on": "val prompts (tables/tuning_choice.csv)"}
+             "grid": swept_grids(cfg), "chosen_on": "val prompts (tables/tuning_choice.csv)"}
     _write_table(table, a.table, cfg, extra=extra)
     _write_table(comps, a.comparisons, cfg, extra={**extra, "difference": "tuned L3M minus the other tuned method, "
                                                                         "paired on seeds and prompts"})

@@ -133,12 +133,10 @@ def check(argv: list[str]) -> None:
     """``python -m methods.cli check FILE [FILE ...]``: read the config files as Snakemake merges them
     (later files override earlier ones) and validate the result, naming the file and line of a YAML
     error (Snakemake's own message for one names neither)."""
-    from methods.core.config import ConfigError, deep_merge, read_config_file, validate_config
+    from methods.core.config import ConfigError, read_config_files, validate_config
 
     try:
-        merged = {}
-        for f in argv:
-            merged = deep_merge(merged, read_config_file(f))
+        merged = read_config_files(argv)
         validate_config(merged)
     except ConfigError as e:
         print(e, file=sys.stderr)

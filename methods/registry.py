@@ -300,6 +300,12 @@ def variants(cfg: dict) -> dict[str, Variant]:
     return out
 
 
+def swept_grids(cfg: dict) -> dict:
+    """The grids of ``tune.grid`` the sweep trains: every method's, or those ``tune.methods`` names."""
+    only = cfg["tune"].get("methods")
+    return {m: g for m, g in cfg["tune"]["grid"].items() if only is None or m in only}
+
+
 def tune_rows(cfg: dict) -> list[dict]:
     """The validation sweep's models (config ``tune.grid``): for every method with a grid, the product
     of its value lists is its settings (s0, s1, ... in product order); each setting is trained once per
@@ -312,10 +318,7 @@ def tune_rows(cfg: dict) -> list[dict]:
 
     rows = []
     models = [v for v in variants(cfg).values() if v.experiment == "two_reward"]
-    only = cfg["tune"].get("methods")
-    for method, grid in cfg["tune"]["grid"].items():
-        if only is not None and method not in only:
-            continue
+    for method, grid in swept_grids(cfg).items():
         keys = list(grid)
         for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
             values = dict(zip(keys, combo))

@@ -395,6 +395,14 @@ def _local_path_error(field: str, value: str, need: str | None = None, offline: 
     return []
 
 
+def read_config_files(paths) -> dict:
+    """Config files merged as Snakemake merges ``--configfile A B``: later files override earlier ones."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, read_config_file(path))
+    return merged
+
+
 def read_config_file(path: str | Path) -> dict:
     """One YAML config file as a mapping; a syntax error names the file, line and column."""
     if not Path(path).is_file():
