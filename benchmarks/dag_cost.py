@@ -6,6 +6,8 @@ clone of the committed tree, with the per-rule split from the jobs' own benchmar
     # an overlay (configfiles are relative to the repository root)
     .venv/bin/python benchmarks/dag_cost.py --out results/benchmarks/dag_two_reward --cores 2 \\
         --configfile config/config.yaml config/overlays/two_reward_lm.yaml
+    # a run whose invocation was killed (session or machine gone): go on in its clone, wall-clock summed
+    .venv/bin/python benchmarks/dag_cost.py --out results/benchmarks/dag_default --cores 2 --resume <workdir>
     # only the split of a run already made (no run, no clone): its results/<name>/benchmarks/
     .venv/bin/python benchmarks/dag_cost.py --out <dir> --summarize <run>/results/default_two_reward/benchmarks
 
@@ -17,7 +19,9 @@ reward models, the base model and every training and evaluation job are counted 
 threads. The split: per rule (the benchmark file's stem without its wildcards), jobs, wall-seconds
 and CPU-seconds summed from ``results/<name>/benchmarks/**.tsv`` (Snakemake's ``benchmark:`` files,
 written by every job of the DAG that trains, scores or builds; the figure and table rules have none,
-so the split sums to less than the total). Writes ``dag_cost.{json,md}`` into ``--out``: the command,
+so the split sums to less than the total). Each invocation is a part of ``dag_cost_parts.json`` in the
+clone, with a heartbeat every 30 s: a run killed from outside (the session ends) goes on with ``--resume``
+(snakemake ``--rerun-incomplete``), its wall-clock summed over the parts. Writes ``dag_cost.{json,md}`` into ``--out``: the command,
 the commit, the machine, the totals, the split and the share of the on-policy training rules.
 """
 from __future__ import annotations
@@ -67,38 +71,98 @@ def split(bench_root: Path) -> list[dict]:
     return sorted(out, key=lambda r: -r["cpu_s"])
 
 
-def run_dag(args) -> dict:
-    """Clone, (install,) run snakemake; return the totals."""
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="dag_cost_"))
-    if work.exists() and any(work.iterdir()):
-        raise SystemExit(f"--workdir {work}: not empty; give an empty or new folder (a clean clone is the point)")
-    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True, check=True)
-    doc = {"commit": head.stdout.strip(), "workdir": str(work)}
-    if args.install:
-        t0 = time.time()
-        subprocess.run(["./install.sh"], cwd=work, check=True)
-        doc["install_wall_s"] = round(time.time() - t0, 1)
-    else:
-        os.symlink(REPO / ".venv", work / ".venv")
-    # targets before the options: --configfile takes every word after it
-    cmd = [str(work / ".venv" / "bin" / "snakemake"), *args.targets, "--cores", str(args.cores)]
-    if args.configfile:
-        cmd += ["--configfile", *args.configfile]
+LEDGER = "dag_cost_parts.json"
+HEARTBEAT_S = 30
+
+
+def _write_ledger(work: Path, ledger: dict) -> None:
+    tmp = work / (LEDGER + ".tmp")
+    tmp.write_text(json.dumps(ledger, indent=2) + "\n")
+    os.replace(tmp, work / LEDGER)
+
+
+def part_wall(part: dict) -> float:
+    """One invocation's wall-seconds: measured when it ended, else (killed: the session or the machine
+    went away) from its start to its last heartbeat, at most ``HEARTBEAT_S`` short."""
+    return part["wall_s"] if part.get("wall_s") is not None else part["last_seen"] - part["started"]
+
+
+def totals(ledger: dict) -> dict:
+    """The run's wall-clock over its invocations, and its CPU-seconds where measured (a killed
+    invocation's children are lost with it, so its CPU-seconds are not known)."""
+    parts = ledger["parts"]
+    return {"wall_s": round(sum(part_wall(p) for p in parts), 1),
+            "cpu_s": round(sum(p["cpu_s"] for p in parts if p.get("cpu_s") is not None), 1),
+            "invocations": len(parts), "interrupted": sum(p.get("returncode") is None for p in parts)}
+
+
+def _snakemake(work: Path, cmd: list[str], ledger: dict) -> int:
+    """Run ``cmd`` in ``work`` as one more part of the ledger: a heartbeat every ``HEARTBEAT_S`` s, so
+    that an invocation killed from outside still leaves its wall-clock; wall and CPU when it ends."""
+    import threading
+
+    part = {"started": time.time(), "last_seen": time.time(), "wall_s": None, "cpu_s": None, "returncode": None,
+            "snakemake": " ".join(["snakemake", *cmd[1:]])}
+    ledger["parts"].append(part)
+    _write_ledger(work, ledger)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            part["last_seen"] = time.time()
+            _write_ledger(work, ledger)
+
+    threading.Thread(target=beat, daemon=True).start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
-    with open(work / "dag_cost.log", "w") as log:
+    with open(work / "dag_cost.log", "a") as log:
         p = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.time() - t0
+    stop.set()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode:
-        raise SystemExit(f"snakemake failed (exit {p.returncode}); its log: {work / 'dag_cost.log'}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    log_text = (work / "dag_cost.log").read_text()
-    done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", log_text)
-    name = _name(work, args.configfile)
-    doc.update(snakemake=" ".join(["snakemake", *cmd[1:]]), wall_s=round(wall, 1), cpu_s=round(cpu, 1),
-               jobs=int(done[-1][1]) if done else None, bench_root=str(work / "results" / name / "benchmarks"))
+    part.update(last_seen=time.time(), wall_s=round(time.time() - part["started"], 1), returncode=p.returncode,
+                cpu_s=round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1))
+    _write_ledger(work, ledger)
+    return p.returncode
+
+
+def run_dag(args) -> dict:
+    """Clone, (install,) run snakemake; return the totals. With ``--resume`` continue a run whose
+    invocation was killed, in its clone: snakemake ``--rerun-incomplete`` from where it stopped, the
+    wall-clock summed over the invocations (the killed jobs' lost work included)."""
+    if args.resume:
+        work = Path(args.resume)
+        if not (work / LEDGER).is_file():
+            raise SystemExit(f"--resume {work}: no {LEDGER}; give the --workdir of a run started by dag_cost.py")
+        ledger = json.loads((work / LEDGER).read_text())
+        if any(p.get("returncode") == 0 for p in ledger["parts"]):
+            raise SystemExit(f"--resume {work}: the run already finished; nothing to resume")
+        subprocess.run([*ledger["cmd"], "--unlock"], cwd=work, capture_output=True)  # the killed one's lock
+        code = _snakemake(work, [*ledger["cmd"], "--rerun-incomplete"], ledger)
+    else:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="dag_cost_"))
+        if work.exists() and any(work.iterdir()):
+            raise SystemExit(f"--workdir {work}: not empty; give an empty or new folder (a clean clone is the point)")
+        subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True, check=True)
+        ledger = {"commit": head.stdout.strip(), "workdir": str(work), "configfile": args.configfile, "parts": []}
+        if args.install:
+            t0 = time.time()
+            subprocess.run(["./install.sh"], cwd=work, check=True)
+            ledger["install_wall_s"] = round(time.time() - t0, 1)
+        else:
+            os.symlink(REPO / ".venv", work / ".venv")
+        # targets before the options: --configfile takes every word after it
+        ledger["cmd"] = [str(work / ".venv" / "bin" / "snakemake"), *args.targets, "--cores", str(args.cores)]
+        if args.configfile:
+            ledger["cmd"] += ["--configfile", *args.configfile]
+        code = _snakemake(work, ledger["cmd"], ledger)
+    if code:
+        raise SystemExit(f"snakemake failed (exit {code}); its log: {work / 'dag_cost.log'}")
+    # the whole DAG's jobs: the first invocation's count (a resumed one counts only what was left)
+    done = re.findall(r"\d+ of (\d+) steps \(\d+%\) done", (work / "dag_cost.log").read_text())
+    name = _name(work, ledger["configfile"])
+    doc = {k: ledger[k] for k in ("commit", "workdir", "install_wall_s") if k in ledger}
+    doc.update(snakemake=" ".join(["snakemake", *ledger["cmd"][1:]]), **totals(ledger), parts=ledger["parts"],
+               jobs=int(done[0]) if done else None, bench_root=str(work / "results" / name / "benchmarks"))
     return doc
 
 
@@ -122,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default=None, help="where to clone (empty or new); default a temporary folder")
     ap.add_argument("--install", action="store_true", help="./install.sh in the clone instead of linking .venv")
     ap.add_argument("--keep", action="store_true", help="keep the clone (default: removed after the split)")
+    ap.add_argument("--resume", default=None, help="continue a run whose invocation was killed: its --workdir")
     ap.add_argument("--summarize", type=Path, default=None,
                     help="no run: only the split of an existing results/<name>/benchmarks folder")
     args = ap.parse_args(argv)
@@ -145,14 +210,20 @@ def main(argv: list[str] | None = None) -> None:
     ratios = {"onpolicy_share_of_benchmarked_cpu": doc["onpolicy_share_of_benchmarked_cpu"]}
     if "wall_s" in doc:
         ratios["wall_over_60min_target"] = round(doc["wall_s"] / 3600, 3)
-        ratios["cpu_s_over_cores_x_wall"] = round(doc["cpu_s"] / (args.cores * doc["wall_s"]), 3)
+        if not doc["interrupted"]:  # a killed invocation's CPU-seconds are not known
+            ratios["cpu_s_over_cores_x_wall"] = round(doc["cpu_s"] / (args.cores * doc["wall_s"]), 3)
+    run = ""
+    if "wall_s" in doc:
+        run = (f"Wall-clock {doc['wall_s']} s, CPU {doc['cpu_s']} s, {doc['jobs']} jobs, {args.cores} cores"
+               + (f", in {doc['invocations']} invocations: {doc['interrupted']} killed from outside (its wall-clock "
+                  f"from its last heartbeat, at most {HEARTBEAT_S} s short, and its jobs' lost work included; its "
+                  f"CPU-seconds not known, so CPU counts the others only)." if doc["interrupted"] else "."))
     header = [f"# DAG cost, commit {doc['commit']}",
-              (f"Wall-clock {doc['wall_s']} s, CPU {doc['cpu_s']} s, {doc['jobs']} jobs, {args.cores} cores."
-               if "wall_s" in doc else "The split of an existing run (no wall-clock measured here).")
+              (run or "The split of an existing run (no wall-clock measured here).")
               + f" Benchmarked jobs: {doc['cpu_s_in_benchmarked_jobs']} CPU-s"
               f" ({doc['perfect_packing_wall_s']} s on {args.cores} cores with perfect packing)."]
     write_report(args.out / "dag_cost", doc, rows, ratios, header)
-    if not args.summarize and not args.keep and not args.workdir:
+    if not args.summarize and not args.keep and not args.workdir and not args.resume:
         shutil.rmtree(doc["workdir"], ignore_errors=True)
 
 
