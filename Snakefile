@@ -49,7 +49,7 @@ rule all:
         expand(
             f"{OUT}/seed{{seed}}/figures/curves/{{model}}.png",
             seed=SEEDS,
-            model=LENGTH_MODELS + POINT_MODELS,
+            model=LENGTH_MODELS + POINT_MODELS + CPO_MODELS,
         ),
         expand(f"{FIG}/comparisons.{{ext}}", ext=["png", "pdf"] if POINT_MODELS or LENGTH_MODELS else []),
         expand(

@@ -139,9 +139,12 @@ def _label(r) -> str:
 
 def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[Path]:
     """Per-step curves of an L3M or MM run: constraint estimates (0 = bound), multipliers, mu and the
-    barrier (L3M) or the KL to SFT (MM), task loss and sampled length."""
+    barrier (L3M) or the KL to SFT (MM), task loss and sampled length. A CPO run's log
+    (``margin_constraint`` in it) gets its own panels (``cpo_curves``)."""
     sns.set_theme(style="whitegrid", context="paper")
     df = pd.DataFrame(log)
+    if "margin_constraint" in df:
+        return cpo_curves(df, png, title)
     names = [c[len("C_batch["):-1] for c in df.columns if c.startswith("C_batch[")]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     pal = sns.color_palette("deep", max(1, len(names)))
@@ -173,6 +176,30 @@ def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[P
     ax3b.plot(df["step"], df["mean_length"], color="tab:green", alpha=0.7)
     ax3b.set_ylabel("mean sampled length", color="tab:green")
     axes[3].set_title("task loss (blue) and sampled length (green)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, png)
+
+
+def cpo_curves(df: pd.DataFrame, png: str | Path, title: str = "") -> list[Path]:
+    """Per logged step of a CPO run: the constraint's violation tau - mean margin on the constraint
+    pairs (feasible <= 0), its multiplier lambda, the DPO loss on the objective pairs, and both pair
+    sets' mean margins (summed log-ratios, nats per pair)."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    axes[0].plot(df["step"], df["violation"], color="tab:red")
+    axes[0].axhline(0, color="black", linestyle="--", linewidth=1)
+    axes[0].set_title("violation τ − margin (feasible ≤ 0)")
+    axes[1].plot(df["step"], df["lambda"], color="tab:orange")
+    axes[1].set_yscale("symlog", linthresh=1e-2)
+    axes[1].set_title("multiplier λ")
+    axes[2].plot(df["step"], df["dpo_loss"], color="tab:blue")
+    axes[2].set_title("DPO loss on the objective pairs")
+    axes[3].plot(df["step"], df["margin_objective"], color="tab:blue", label="objective pairs")
+    axes[3].plot(df["step"], df["margin_constraint"], color="tab:green", label="constraint pairs")
+    axes[3].set_title("mean margin (nats per pair)")
+    axes[3].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("step")
     fig.suptitle(title)

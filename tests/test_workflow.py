@@ -164,6 +164,11 @@ def test_two_reward_experiment_outputs(micro_run):
         assert m["unit"] == "std units of the reference set" and len(m["per_example"]) == 16
     mm_log = [json.loads(x) for x in open(out / "seed7" / "train_logs" / "mm_pt0.jsonl")]
     assert all(r["lambda[rating>=0]"] >= 0 for r in mm_log)
+    # CPO's log kept and drawn per seed: violation = tau - mean constraint margin, one tau throughout
+    cpo_log = [json.loads(x) for x in open(out / "seed7" / "train_logs" / "cpo.jsonl")]
+    taus = {round(r["violation"] + r["margin_constraint"], 5) for r in cpo_log}
+    assert len(cpo_log) >= 2 and len(taus) == 1 and all(r["lambda"] >= 0 for r in cpo_log)
+    assert (out / "seed7" / "figures" / "curves" / "cpo.png").is_file()
 
 
 def _rows_tsv(path):

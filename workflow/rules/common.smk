@@ -85,6 +85,8 @@ TWO_MODELS = [v.name for v in EXPERIMENT.values() if v.experiment == "two_reward
 # Pareto front, and that front is drawn from their val prompts (the evaluate_val rule), not the test ones
 FRONT_MODELS = [n for n in TWO_MODELS if METHODS[EXPERIMENT[n].method].grid == "weights"]
 POINT_MODELS = [v.name for v in EXPERIMENT.values() if v.point is not None]
+# CPO's own training log (its constraint's violation, lambda, margins) is drawn and kept per seed too
+CPO_MODELS = [n for n in TWO_MODELS if EXPERIMENT[n].method == "cpo"]
 MODELS = list(
     dict.fromkeys(
         CFG["evaluation"]["models"] + LENGTH_MODELS + (["base", "sft"] if TWO["enabled"] else []) + TWO_MODELS

@@ -64,7 +64,8 @@ rule figure2:
 
 
 rule training_curves:
-    """Per L3M or MM run and seed: constraint estimates against bounds, multipliers, mu and task loss per step."""
+    """Per L3M, MM or CPO run and seed: constraint estimates against bounds, multipliers, mu and task loss
+    per step (CPO: its violation, lambda, DPO loss and margins)."""
     input:
         model_dir("{model}"),
     output:
