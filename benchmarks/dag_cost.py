@@ -13,15 +13,18 @@ clone of the committed tree, with the per-rule split from the jobs' own benchmar
 
 A run clones HEAD into a temporary folder (``--workdir`` to keep it), links this checkout's ``.venv``
 into it (``--install`` runs ``./install.sh`` there instead, timed apart) and runs
-``snakemake --cores N [--configfile ...] [targets]`` there. Wall-clock is the snakemake process's;
-CPU-seconds are user + system time of it and every job it waited for (``RUSAGE_CHILDREN``), so the
+``snakemake --cores N [--configfile ...] [targets]`` there. Wall-clock is the snakemake process's (summed
+over the invocations of a resumed run); CPU-seconds are user + system time of it and every job it waited
+for (``RUSAGE_CHILDREN``; not known for an invocation killed from outside), so the
 reward models, the base model and every training and evaluation job are counted whatever their
 threads. The split: per rule (the benchmark file's stem without its wildcards), jobs, wall-seconds
 and CPU-seconds summed from ``results/<name>/benchmarks/**.tsv`` (Snakemake's ``benchmark:`` files,
 written by every job of the DAG that trains, scores or builds; the figure and table rules have none,
-so the split sums to less than the total). Each invocation is a part of ``dag_cost_parts.json`` in the
-clone, with a heartbeat every 30 s: a run killed from outside (the session ends) goes on with ``--resume``
-(snakemake ``--rerun-incomplete``), its wall-clock summed over the parts. Writes ``dag_cost.{json,md}`` into ``--out``: the command,
+so the split sums to less than the total). ``jobs``: the whole DAG's, the first invocation's Job stats
+total. Each invocation is a part of ``dag_cost_parts.json`` in the clone, with a heartbeat every 30 s: a
+run killed from outside (the session ends; give ``--workdir`` so that the clone outlives it) or failed
+goes on with ``--resume <workdir>`` (snakemake ``--unlock``, then ``--rerun-incomplete``, with the run's
+own command and cores), its wall-clock summed over the parts; a run still beating is refused. Writes ``dag_cost.{json,md}`` into ``--out``: the command,
 the commit, the machine, the totals, the split and the share of the on-policy training rules.
 """
 from __future__ import annotations
@@ -76,8 +79,13 @@ HEARTBEAT_S = 30
 
 
 def _write_ledger(work: Path, ledger: dict) -> None:
-    tmp = work / (LEDGER + ".tmp")
-    tmp.write_text(json.dumps(ledger, indent=2) + "\n")
+    """Atomically (a temporary file of its own, synced, then renamed): a kill or a power loss leaves
+    the previous ledger or this one."""
+    fd, tmp = tempfile.mkstemp(dir=work, prefix=LEDGER + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(ledger, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, work / LEDGER)
 
 
@@ -93,7 +101,8 @@ def totals(ledger: dict) -> dict:
     parts = ledger["parts"]
     return {"wall_s": round(sum(part_wall(p) for p in parts), 1),
             "cpu_s": round(sum(p["cpu_s"] for p in parts if p.get("cpu_s") is not None), 1),
-            "invocations": len(parts), "interrupted": sum(p.get("returncode") is None for p in parts)}
+            "invocations": len(parts), "interrupted": sum(p.get("returncode") is None for p in parts),
+            "failed": sum(p.get("returncode") not in (None, 0) for p in parts)}
 
 
 def _snakemake(work: Path, cmd: list[str], ledger: dict) -> int:
@@ -105,18 +114,23 @@ def _snakemake(work: Path, cmd: list[str], ledger: dict) -> int:
             "snakemake": " ".join(["snakemake", *cmd[1:]])}
     ledger["parts"].append(part)
     _write_ledger(work, ledger)
-    stop = threading.Event()
+    stop, lock = threading.Event(), threading.Lock()
 
     def beat():
         while not stop.wait(HEARTBEAT_S):
-            part["last_seen"] = time.time()
-            _write_ledger(work, ledger)
+            with lock:
+                if not stop.is_set():
+                    part["last_seen"] = time.time()
+                    _write_ledger(work, ledger)
 
-    threading.Thread(target=beat, daemon=True).start()
+    heart = threading.Thread(target=beat, daemon=True)
+    heart.start()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(work / "dag_cost.log", "a") as log:
         p = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    stop.set()
+    with lock:
+        stop.set()
+    heart.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     part.update(last_seen=time.time(), wall_s=round(time.time() - part["started"], 1), returncode=p.returncode,
                 cpu_s=round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1))
@@ -126,8 +140,9 @@ def _snakemake(work: Path, cmd: list[str], ledger: dict) -> int:
 
 def run_dag(args) -> dict:
     """Clone, (install,) run snakemake; return the totals. With ``--resume`` continue a run whose
-    invocation was killed, in its clone: snakemake ``--rerun-incomplete`` from where it stopped, the
-    wall-clock summed over the invocations (the killed jobs' lost work included)."""
+    invocation was killed (or failed), in its clone, with its own command and cores: snakemake
+    ``--rerun-incomplete`` from where it stopped, the wall-clock summed over the invocations (the
+    killed jobs' lost work included)."""
     if args.resume:
         work = Path(args.resume)
         if not (work / LEDGER).is_file():
@@ -135,6 +150,11 @@ def run_dag(args) -> dict:
         ledger = json.loads((work / LEDGER).read_text())
         if any(p.get("returncode") == 0 for p in ledger["parts"]):
             raise SystemExit(f"--resume {work}: the run already finished; nothing to resume")
+        last = ledger["parts"][-1] if ledger["parts"] else {}
+        if last.get("returncode", 0) is None and time.time() - last["last_seen"] < 2 * HEARTBEAT_S:
+            raise SystemExit(f"--resume {work}: its invocation is still running (heartbeat "
+                             f"{time.time() - last['last_seen']:.0f} s ago); resume only a run that was killed")
+        args.cores = int(ledger["cmd"][ledger["cmd"].index("--cores") + 1])  # the run's own, whatever was given
         subprocess.run([*ledger["cmd"], "--unlock"], cwd=work, capture_output=True)  # the killed one's lock
         code = _snakemake(work, [*ledger["cmd"], "--rerun-incomplete"], ledger)
     else:
@@ -144,6 +164,7 @@ def run_dag(args) -> dict:
         subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True, check=True)
         ledger = {"commit": head.stdout.strip(), "workdir": str(work), "configfile": args.configfile, "parts": []}
+        print(f"dag_cost: the run's clone is {work} (give it to --resume if this run is killed)", flush=True)
         if args.install:
             t0 = time.time()
             subprocess.run(["./install.sh"], cwd=work, check=True)
@@ -156,9 +177,10 @@ def run_dag(args) -> dict:
             ledger["cmd"] += ["--configfile", *args.configfile]
         code = _snakemake(work, ledger["cmd"], ledger)
     if code:
-        raise SystemExit(f"snakemake failed (exit {code}); its log: {work / 'dag_cost.log'}")
-    # the whole DAG's jobs: the first invocation's count (a resumed one counts only what was left)
-    done = re.findall(r"\d+ of (\d+) steps \(\d+%\) done", (work / "dag_cost.log").read_text())
+        raise SystemExit(f"snakemake failed (exit {code}); its log: {work / 'dag_cost.log'}; once fixed, "
+                         f"--resume {work} goes on (the wall-clock so far counted)")
+    # the whole DAG's jobs: the first invocation's Job stats total (a resumed one counts only what was left)
+    done = re.findall(r"^total\s+(\d+)\s*$", (work / "dag_cost.log").read_text(), flags=re.M)
     name = _name(work, ledger["configfile"])
     doc = {k: ledger[k] for k in ("commit", "workdir", "install_wall_s") if k in ledger}
     doc.update(snakemake=" ".join(["snakemake", *ledger["cmd"][1:]]), **totals(ledger), parts=ledger["parts"],
@@ -186,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default=None, help="where to clone (empty or new); default a temporary folder")
     ap.add_argument("--install", action="store_true", help="./install.sh in the clone instead of linking .venv")
     ap.add_argument("--keep", action="store_true", help="keep the clone (default: removed after the split)")
-    ap.add_argument("--resume", default=None, help="continue a run whose invocation was killed: its --workdir")
+    ap.add_argument("--resume", default=None, help="continue a run whose invocation was killed or failed: its "
+                    "--workdir (its own command and cores are used)")
     ap.add_argument("--summarize", type=Path, default=None,
                     help="no run: only the split of an existing results/<name>/benchmarks folder")
     args = ap.parse_args(argv)
@@ -214,10 +237,16 @@ def main(argv: list[str] | None = None) -> None:
             ratios["cpu_s_over_cores_x_wall"] = round(doc["cpu_s"] / (args.cores * doc["wall_s"]), 3)
     run = ""
     if "wall_s" in doc:
-        run = (f"Wall-clock {doc['wall_s']} s, CPU {doc['cpu_s']} s, {doc['jobs']} jobs, {args.cores} cores"
-               + (f", in {doc['invocations']} invocations: {doc['interrupted']} killed from outside (its wall-clock "
-                  f"from its last heartbeat, at most {HEARTBEAT_S} s short, and its jobs' lost work included; its "
-                  f"CPU-seconds not known, so CPU counts the others only)." if doc["interrupted"] else "."))
+        run = f"Wall-clock {doc['wall_s']} s, CPU {doc['cpu_s']} s, {doc['jobs']} jobs, {args.cores} cores"
+        if doc["invocations"] > 1:
+            run += f", in {doc['invocations']} invocations summed"
+            if doc["failed"]:
+                run += f" ({doc['failed']} failed, then resumed)"
+            if doc["interrupted"]:
+                run += (f"; killed from outside: {doc['interrupted']} (wall-clock to the last heartbeat, at most "
+                        f"{HEARTBEAT_S} s short each, the killed jobs' lost work included; their CPU-seconds are "
+                        f"not known, so CPU counts the other invocations only)")
+        run += "."
     header = [f"# DAG cost, commit {doc['commit']}",
               (run or "The split of an existing run (no wall-clock measured here).")
               + f" Benchmarked jobs: {doc['cpu_s_in_benchmarked_jobs']} CPU-s"

@@ -188,17 +188,18 @@ def cpo_curves(df: pd.DataFrame, png: str | Path, title: str = "") -> list[Path]
     pairs (feasible <= 0), its multiplier lambda, the DPO loss on the objective pairs, and both pair
     sets' mean margins (summed log-ratios, nats per pair)."""
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    axes[0].plot(df["step"], df["violation"], color="tab:red")
+    dot = {"marker": ".", "markersize": 4}  # a one-row log still shows
+    axes[0].plot(df["step"], df["violation"], color="tab:red", **dot)
     axes[0].axhline(0, color="black", linestyle="--", linewidth=1)
-    axes[0].set_title("violation τ − margin (feasible ≤ 0)")
-    axes[1].plot(df["step"], df["lambda"], color="tab:orange")
+    axes[0].set_title("violation τ − batch margin (feasible ≤ 0)")
+    axes[1].plot(df["step"], df["lambda"], color="tab:orange", **dot)
     axes[1].set_yscale("symlog", linthresh=1e-2)
     axes[1].set_title("multiplier λ")
-    axes[2].plot(df["step"], df["dpo_loss"], color="tab:blue")
+    axes[2].plot(df["step"], df["dpo_loss"], color="tab:blue", **dot)
     axes[2].set_title("DPO loss on the objective pairs")
-    axes[3].plot(df["step"], df["margin_objective"], color="tab:blue", label="objective pairs")
-    axes[3].plot(df["step"], df["margin_constraint"], color="tab:green", label="constraint pairs")
-    axes[3].set_title("mean margin (nats per pair)")
+    axes[3].plot(df["step"], df["margin_objective"], color="tab:blue", label="objective pairs", **dot)
+    axes[3].plot(df["step"], df["margin_constraint"], color="tab:green", label="constraint pairs", **dot)
+    axes[3].set_title("batch mean margin (nats per pair)")
     axes[3].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("step")

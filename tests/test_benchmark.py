@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 from .conftest import REPO
 
@@ -127,7 +128,8 @@ def test_dag_cost_resume_sums_the_wall_clock_of_a_killed_invocation_and_the_rest
     """benchmarks/dag_cost.py --resume: a run whose first invocation was killed (a ledger part without
     an exit code, last heartbeat 60 s after its start) goes on in its clone with --rerun-incomplete
     after --unlock; the wall-clock is 60 s plus the new invocation's, the CPU-seconds the new one's
-    only, the jobs the whole DAG's (the first invocation's count), and the report says so. A finished run, or a folder without a ledger, is refused."""
+    only, the jobs the whole DAG's (the first invocation's Job stats total), the cores the run's own,
+    and the report says so. A run still beating is not resumed. A finished run, or a folder without a ledger, is refused."""
     work = tmp_path / "w"
     (work / "config").mkdir(parents=True)
     (work / "config" / "config.yaml").write_text("name: tiny\n")
@@ -139,22 +141,29 @@ def test_dag_cost_resume_sums_the_wall_clock_of_a_killed_invocation_and_the_rest
         "if '--unlock' in sys.argv: sys.exit(0)\n"
         "b = w / 'results' / 'tiny' / 'benchmarks'; b.mkdir(parents=True, exist_ok=True)\n"
         "(b / 'train_sft.tsv').write_text('s\\th:m:s\\tmax_rss\\tcpu_time\\n5.0\\t0\\t1\\t4.0\\n')\n"
-        "print('1 of 3 steps (33%) done'); print('3 of 3 steps (100%) done')\n")
-    cmd = [sys.executable, str(fake), "--cores", "2"]
+        "print('Job stats:'); print('total                  3'); print('3 of 3 steps (100%) done')\n")
+    cmd = [sys.executable, str(fake), "--cores", "3"]
     ledger = {"commit": "c0ffee", "workdir": str(work), "configfile": None, "cmd": cmd,
               "parts": [{"started": 100.0, "last_seen": 160.0, "wall_s": None, "cpu_s": None, "returncode": None}]}
     (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
-    (work / "dag_cost.log").write_text("2 of 5 steps (40%) done\n")  # the killed invocation's: 5 jobs in all
+    (work / "dag_cost.log").write_text("Job stats:\ntotal                5\n")  # the killed one's: 5 jobs in all
     run = [sys.executable, str(REPO / "benchmarks" / "dag_cost.py"), "--out", str(tmp_path / "o"), "--resume", str(work)]
+    ledger["parts"][0]["last_seen"] = time.time()  # still beating: refused, nothing run
+    (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
     p = subprocess.run(run, capture_output=True, text=True)
+    assert p.returncode != 0 and "still running" in p.stderr and not (work / "calls.txt").exists()
+    ledger["parts"][0]["last_seen"] = 160.0
+    (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
+    p = subprocess.run(run, capture_output=True, text=True)  # --cores 2 by default: the run's own 3 are used
     assert p.returncode == 0, p.stderr
-    assert (work / "calls.txt").read_text().splitlines() == ["--cores 2 --unlock", "--cores 2 --rerun-incomplete"]
+    assert (work / "calls.txt").read_text().splitlines() == ["--cores 3 --unlock", "--cores 3 --rerun-incomplete"]
     doc = json.loads((tmp_path / "o" / "dag_cost.json").read_text())
     second = doc["parts"][1]
     assert second["returncode"] == 0 and 0 <= second["wall_s"] < 60
     assert doc["wall_s"] == round(60.0 + second["wall_s"], 1) and doc["cpu_s"] == second["cpu_s"]
     assert (doc["invocations"], doc["interrupted"], doc["jobs"], doc["commit"]) == (2, 1, 5, "c0ffee")
-    assert "1 killed from outside" in (tmp_path / "o" / "dag_cost.md").read_text()
+    md = (tmp_path / "o" / "dag_cost.md").read_text()
+    assert "5 jobs, 3 cores, in 2 invocations summed; killed from outside: 1" in md and doc["cores"] == 3
     assert "cpu_s_over_cores_x_wall" not in (tmp_path / "o" / "dag_cost.md").read_text()
     p = subprocess.run(run, capture_output=True, text=True)
     assert p.returncode != 0 and "already finished" in p.stderr
