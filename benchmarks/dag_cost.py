@@ -8,6 +8,8 @@ clone of the committed tree, with the per-rule split from the jobs' own benchmar
         --configfile config/config.yaml config/overlays/two_reward_lm.yaml
     # a run whose invocation was killed (session or machine gone): go on in its clone, wall-clock summed
     .venv/bin/python benchmarks/dag_cost.py --out results/benchmarks/dag_default --cores 2 --resume <workdir>
+    # the report of a finished run again, from its clone (no run)
+    .venv/bin/python benchmarks/dag_cost.py --out results/benchmarks/dag_default --report <workdir>
     # only the split of a run already made (no run, no clone): its results/<name>/benchmarks/
     .venv/bin/python benchmarks/dag_cost.py --out <dir> --summarize <run>/results/default_two_reward/benchmarks
 
@@ -20,12 +22,15 @@ reward models, the base model and every training and evaluation job are counted 
 threads. The split: per rule (the benchmark file's stem without its wildcards), jobs, wall-seconds
 and CPU-seconds summed from ``results/<name>/benchmarks/**.tsv`` (Snakemake's ``benchmark:`` files,
 written by every job of the DAG that trains, scores or builds; the figure and table rules have none,
-so the split sums to less than the total). ``jobs``: the whole DAG's, the first invocation's Job stats
+so the split sums to less than the total), those written since the run began only: the clone's
+committed ones, an earlier run's, are left out. ``jobs``: the whole DAG's, the first invocation's Job stats
 total. Each invocation is a part of ``dag_cost_parts.json`` in the clone, with a heartbeat every 30 s: a
 run killed from outside (the session ends; give ``--workdir`` so that the clone outlives it) or failed
 goes on with ``--resume <workdir>`` (snakemake ``--unlock``, then ``--rerun-incomplete``, with the run's
-own command and cores), its wall-clock summed over the parts; a run still beating is refused. Writes ``dag_cost.{json,md}`` into ``--out``: the command,
-the commit, the machine, the totals, the split and the share of the on-policy training rules.
+own command and cores), its wall-clock summed over the parts; a run still beating is refused.
+``--report <workdir>`` writes a finished run's report again. Writes ``dag_cost.{json,md}`` into
+``--out``: the command, the commit, the machine, the totals, the split and the share of the on-policy
+training rules.
 """
 from __future__ import annotations
 
@@ -55,13 +60,17 @@ def rule_of(tsv: Path) -> str:
     return re.sub(r"\d+$", "", tsv.stem)
 
 
-def split(bench_root: Path) -> list[dict]:
+def split(bench_root: Path, since: float | None = None) -> list[dict]:
     """Per job kind: jobs, summed wall-seconds (``s``) and CPU-seconds (``cpu_time``) of the last row
-    of every benchmark file under ``bench_root`` (a file holds one row per repeat; the DAG writes one)."""
+    of every benchmark file under ``bench_root`` (a file holds one row per repeat; the DAG writes one).
+    ``since``: only the files written since then (a run's start), not those the clone came with (a
+    committed earlier run's)."""
     from evaluation.tables import benchmark_seconds
 
     agg: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0})
     for tsv in sorted(bench_root.rglob("*.tsv")):
+        if since is not None and tsv.stat().st_mtime < since:
+            continue
         seconds = benchmark_seconds(tsv)
         if seconds is None:
             continue
@@ -143,13 +152,16 @@ def run_dag(args) -> dict:
     invocation was killed (or failed), in its clone, with its own command and cores: snakemake
     ``--rerun-incomplete`` from where it stopped, the wall-clock summed over the invocations (the
     killed jobs' lost work included)."""
+    if args.report:
+        work, ledger = Path(args.report), read_ledger(args.report, "--report")
+        if not any(p.get("returncode") == 0 for p in ledger["parts"]):
+            raise SystemExit(f"--report {work}: the run has not finished; --resume {work} goes on with it")
+        args.cores = int(ledger["cmd"][ledger["cmd"].index("--cores") + 1])
+        return ledger_doc(work, ledger)
     if args.resume:
-        work = Path(args.resume)
-        if not (work / LEDGER).is_file():
-            raise SystemExit(f"--resume {work}: no {LEDGER}; give the --workdir of a run started by dag_cost.py")
-        ledger = json.loads((work / LEDGER).read_text())
+        work, ledger = Path(args.resume), read_ledger(args.resume, "--resume")
         if any(p.get("returncode") == 0 for p in ledger["parts"]):
-            raise SystemExit(f"--resume {work}: the run already finished; nothing to resume")
+            raise SystemExit(f"--resume {work}: the run already finished; nothing to resume (--report writes its report)")
         last = ledger["parts"][-1] if ledger["parts"] else {}
         if last.get("returncode", 0) is None and time.time() - last["last_seen"] < 2 * HEARTBEAT_S:
             raise SystemExit(f"--resume {work}: its invocation is still running (heartbeat "
@@ -179,12 +191,26 @@ def run_dag(args) -> dict:
     if code:
         raise SystemExit(f"snakemake failed (exit {code}); its log: {work / 'dag_cost.log'}; once fixed, "
                          f"--resume {work} goes on (the wall-clock so far counted)")
-    # the whole DAG's jobs: the first invocation's Job stats total (a resumed one counts only what was left)
+    return ledger_doc(work, ledger)
+
+
+def read_ledger(workdir: str, flag: str) -> dict:
+    work = Path(workdir)
+    if not (work / LEDGER).is_file():
+        raise SystemExit(f"{flag} {work}: no {LEDGER}; give the --workdir of a run started by dag_cost.py")
+    return json.loads((work / LEDGER).read_text())
+
+
+def ledger_doc(work: Path, ledger: dict) -> dict:
+    """The report's facts of a finished run: its commit, command, totals over the invocations, the
+    whole DAG's jobs (the first invocation's Job stats total: a resumed one counts only what was left)
+    and where its benchmark files are (those written since its start count)."""
     done = re.findall(r"^total\s+(\d+)\s*$", (work / "dag_cost.log").read_text(), flags=re.M)
     name = _name(work, ledger["configfile"])
     doc = {k: ledger[k] for k in ("commit", "workdir", "install_wall_s") if k in ledger}
     doc.update(snakemake=" ".join(["snakemake", *ledger["cmd"][1:]]), **totals(ledger), parts=ledger["parts"],
-               jobs=int(done[0]) if done else None, bench_root=str(work / "results" / name / "benchmarks"))
+               jobs=int(done[0]) if done else None, bench_root=str(work / "results" / name / "benchmarks"),
+               since=ledger["parts"][0]["started"])
     return doc
 
 
@@ -210,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the clone (default: removed after the split)")
     ap.add_argument("--resume", default=None, help="continue a run whose invocation was killed or failed: its "
                     "--workdir (its own command and cores are used)")
+    ap.add_argument("--report", default=None, help="no run: write the report of a finished run from its --workdir "
+                    "(its ledger, log and benchmark files)")
     ap.add_argument("--summarize", type=Path, default=None,
                     help="no run: only the split of an existing results/<name>/benchmarks folder")
     args = ap.parse_args(argv)
@@ -220,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = {"commit": git_revision(), "bench_root": str(args.summarize), "summarized_only": True}
     else:
         doc = run_dag(args)
-    rows = split(Path(doc["bench_root"]))
+    rows = split(Path(doc["bench_root"]), doc.get("since"))
     if not rows:
         raise SystemExit(f"{doc['bench_root']}: no benchmark files with cpu_time; nothing to split")
     cpu_jobs = sum(r["cpu_s"] for r in rows)
@@ -252,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
               + f" Benchmarked jobs: {doc['cpu_s_in_benchmarked_jobs']} CPU-s"
               f" ({doc['perfect_packing_wall_s']} s on {args.cores} cores with perfect packing)."]
     write_report(args.out / "dag_cost", doc, rows, ratios, header)
-    if not args.summarize and not args.keep and not args.workdir and not args.resume:
+    if not (args.summarize or args.keep or args.workdir or args.resume or args.report):
         shutil.rmtree(doc["workdir"], ignore_errors=True)
 
 

@@ -1,5 +1,6 @@
 """The speed benchmark runs end to end (tiny settings; its figures are not asserted, only sane)."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -129,7 +130,8 @@ def test_dag_cost_resume_sums_the_wall_clock_of_a_killed_invocation_and_the_rest
     an exit code, last heartbeat 60 s after its start) goes on in its clone with --rerun-incomplete
     after --unlock; the wall-clock is 60 s plus the new invocation's, the CPU-seconds the new one's
     only, the jobs the whole DAG's (the first invocation's Job stats total), the cores the run's own,
-    and the report says so. A run still beating is not resumed. A finished run, or a folder without a ledger, is refused."""
+    and the report says so; the split counts the benchmark files written since the run began, and
+    --report writes the same report again. A run still beating is not resumed. A finished run, or a folder without a ledger, is refused."""
     work = tmp_path / "w"
     (work / "config").mkdir(parents=True)
     (work / "config" / "config.yaml").write_text("name: tiny\n")
@@ -147,11 +149,17 @@ def test_dag_cost_resume_sums_the_wall_clock_of_a_killed_invocation_and_the_rest
               "parts": [{"started": 100.0, "last_seen": 160.0, "wall_s": None, "cpu_s": None, "returncode": None}]}
     (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
     (work / "dag_cost.log").write_text("Job stats:\ntotal                5\n")  # the killed one's: 5 jobs in all
+    stale = work / "results" / "tiny" / "benchmarks" / "train_l3m_pt0.tsv"  # committed with the clone: not this run's
+    stale.parent.mkdir(parents=True)
+    stale.write_text("s\th:m:s\tmax_rss\tcpu_time\n9.0\t0\t1\t9.0\n")
+    os.utime(stale, (50.0, 50.0))
     run = [sys.executable, str(REPO / "benchmarks" / "dag_cost.py"), "--out", str(tmp_path / "o"), "--resume", str(work)]
     ledger["parts"][0]["last_seen"] = time.time()  # still beating: refused, nothing run
     (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
     p = subprocess.run(run, capture_output=True, text=True)
     assert p.returncode != 0 and "still running" in p.stderr and not (work / "calls.txt").exists()
+    p = subprocess.run([*run[:-2], "--report", str(work)], capture_output=True, text=True)
+    assert p.returncode != 0 and "has not finished" in p.stderr
     ledger["parts"][0]["last_seen"] = 160.0
     (work / "dag_cost_parts.json").write_text(json.dumps(ledger))
     p = subprocess.run(run, capture_output=True, text=True)  # --cores 2 by default: the run's own 3 are used
@@ -164,6 +172,12 @@ def test_dag_cost_resume_sums_the_wall_clock_of_a_killed_invocation_and_the_rest
     assert (doc["invocations"], doc["interrupted"], doc["jobs"], doc["commit"]) == (2, 1, 5, "c0ffee")
     md = (tmp_path / "o" / "dag_cost.md").read_text()
     assert "5 jobs, 3 cores, in 2 invocations summed; killed from outside: 1" in md and doc["cores"] == 3
+    assert [r["job"] for r in doc["split"]] == ["train_sft"]  # the stale file left out
+    p = subprocess.run([*run[:-2], "--report", str(work)], capture_output=True, text=True)  # the report again
+    assert p.returncode == 0, p.stderr
+    again = json.loads((tmp_path / "o" / "dag_cost.json").read_text())
+    assert {k: again[k] for k in ("wall_s", "cpu_s", "jobs", "split", "cores")} == \
+        {k: doc[k] for k in ("wall_s", "cpu_s", "jobs", "split", "cores")}
     assert "cpu_s_over_cores_x_wall" not in (tmp_path / "o" / "dag_cost.md").read_text()
     p = subprocess.run(run, capture_output=True, text=True)
     assert p.returncode != 0 and "already finished" in p.stderr
