@@ -152,21 +152,21 @@ def run_dag(args) -> dict:
     invocation was killed (or failed), in its clone, with its own command and cores: snakemake
     ``--rerun-incomplete`` from where it stopped, the wall-clock summed over the invocations (the
     killed jobs' lost work included)."""
-    if args.report:
-        work, ledger = Path(args.report), read_ledger(args.report, "--report")
-        if not any(p.get("returncode") == 0 for p in ledger["parts"]):
-            raise SystemExit(f"--report {work}: the run has not finished; --resume {work} goes on with it")
-        args.cores = int(ledger["cmd"][ledger["cmd"].index("--cores") + 1])
-        return ledger_doc(work, ledger)
-    if args.resume:
-        work, ledger = Path(args.resume), read_ledger(args.resume, "--resume")
-        if any(p.get("returncode") == 0 for p in ledger["parts"]):
+    if args.report or args.resume:  # an existing run: its clone, ledger and cores
+        flag, work = ("--report", Path(args.report)) if args.report else ("--resume", Path(args.resume))
+        ledger = read_ledger(work, flag)
+        args.cores = int(ledger["cmd"][ledger["cmd"].index("--cores") + 1])  # the run's own, whatever was given
+        finished = any(p.get("returncode") == 0 for p in ledger["parts"])
+        if args.report:
+            if not finished:
+                raise SystemExit(f"--report {work}: the run has not finished; --resume {work} goes on with it")
+            return ledger_doc(work, ledger)
+        if finished:
             raise SystemExit(f"--resume {work}: the run already finished; nothing to resume (--report writes its report)")
         last = ledger["parts"][-1] if ledger["parts"] else {}
         if last.get("returncode", 0) is None and time.time() - last["last_seen"] < 2 * HEARTBEAT_S:
             raise SystemExit(f"--resume {work}: its invocation is still running (heartbeat "
                              f"{time.time() - last['last_seen']:.0f} s ago); resume only a run that was killed")
-        args.cores = int(ledger["cmd"][ledger["cmd"].index("--cores") + 1])  # the run's own, whatever was given
         subprocess.run([*ledger["cmd"], "--unlock"], cwd=work, capture_output=True)  # the killed one's lock
         code = _snakemake(work, [*ledger["cmd"], "--rerun-incomplete"], ledger)
     else:
@@ -194,8 +194,7 @@ def run_dag(args) -> dict:
     return ledger_doc(work, ledger)
 
 
-def read_ledger(workdir: str, flag: str) -> dict:
-    work = Path(workdir)
+def read_ledger(work: Path, flag: str) -> dict:
     if not (work / LEDGER).is_file():
         raise SystemExit(f"{flag} {work}: no {LEDGER}; give the --workdir of a run started by dag_cost.py")
     return json.loads((work / LEDGER).read_text())
