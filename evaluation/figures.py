@@ -122,7 +122,9 @@ def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | P
         if pd.notna(r["band_lo"]):
             for y in (r["band_lo"], r["band_hi"]):
                 ax2.plot([i - 0.48, i + 0.48], [y, y], linestyle="--", color="black", linewidth=1.3, zorder=5)
-    ax2.set_xticks(range(len(models)), [_label(r).replace(" ", "\n", 1) for _, r in df.iterrows()], fontsize=7)
+    # model, band and verdict on three lines: on one or two they run into the next label
+    ax2.set_xticks(range(len(models)), [_label(r).replace(" ", "\n", 1).replace(": ", ":\n") for _, r in df.iterrows()],
+                   fontsize=7)
     ax2.set_xlabel("")
     ax2.set_ylabel("response length (tokens)")
     ax2.set_title("Response lengths on the test prompts (dashed: band)")
