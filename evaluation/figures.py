@@ -123,8 +123,7 @@ def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | P
             for y in (r["band_lo"], r["band_hi"]):
                 ax2.plot([i - 0.48, i + 0.48], [y, y], linestyle="--", color="black", linewidth=1.3, zorder=5)
     # model, band and verdict on three lines: on one or two they run into the next label
-    ax2.set_xticks(range(len(models)), [_label(r).replace(" ", "\n", 1).replace(": ", ":\n") for _, r in df.iterrows()],
-                   fontsize=7)
+    ax2.set_xticks(range(len(models)), [_label(r, sep="\n") for _, r in df.iterrows()], fontsize=7)
     ax2.set_xlabel("")
     ax2.set_ylabel("response length (tokens)")
     ax2.set_title("Response lengths on the test prompts (dashed: band)")
@@ -132,11 +131,12 @@ def figure2_length(df: pd.DataFrame, lengths: dict[str, list[int]], png: str | P
     return save(fig, png)
 
 
-def _label(r) -> str:
+def _label(r, sep: str = " ") -> str:
+    """Model, band and verdict, joined by ``sep`` (a space in the legend, a line break under a box)."""
     if pd.isna(r["band_lo"]):
         return str(r["model"])
-    verdict = f": {r['verdict']}" if isinstance(r.get("verdict"), str) else ""
-    return f"{r['model']} [{r['band_lo']:g}, {r['band_hi']:g}]{verdict}"
+    verdict = f":{sep}{r['verdict']}" if isinstance(r.get("verdict"), str) else ""
+    return f"{r['model']}{sep}[{r['band_lo']:g}, {r['band_hi']:g}]{verdict}"
 
 
 def training_curves(log: list[dict], png: str | Path, title: str = "") -> list[Path]:
